@@ -1,0 +1,32 @@
+"""mtrank: a TFX pipeline for multi-task recommendation ranking."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mtrank",
+    version="0.1.0",
+    description="End-to-end TFX pipeline for multi-task recommendation ranking",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(
+        include=["pipeline*", "components*", "trainer*", "serving*", "kubeflow*"]
+    ),
+    package_data={"pipeline": ["configs/*.yaml"]},
+    install_requires=[
+        "tfx==1.16.0",
+        "tensorflow==2.16.2",
+        "tf-keras==2.16.0",
+        "tensorflow-recommenders==0.7.7",
+        "tensorflow-transform==1.16.0",
+        "tensorflow-model-analysis==0.47.1",
+        "tensorflow-data-validation==1.16.1",
+        "tensorflow-serving-api==2.16.1",
+        "ml-metadata==1.16.0",
+        "kfp==2.5.0",
+        "apache-beam[gcp]",
+        "dill",
+        "pyyaml",
+        "grpcio-health-checking",
+        "psutil",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["mtrank=pipeline.cli:main"]},
+)

@@ -1,0 +1,2 @@
+"""trainer of mtrank."""
+from pipeline import keras_env  # noqa: F401  (must precede TensorFlow)
