@@ -1,0 +1,198 @@
+"""Turns one impression and its feedback into a labelled tf.Example.
+
+These are the pure functions the ingestion Beam pipeline maps over; they know
+the config (which features, which tasks and windows) and nothing of Beam.
+
+Every log line ends as exactly one outcome, so counts add up to lines read:
+an impression in an example, a feedback event merged into a label, a feedback
+event outside its task's window, a feedback event of a type no task uses, or
+a dead letter with a reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+
+import tensorflow as tf
+
+from components import log_contract
+from pipeline import config as config_lib
+
+# Outcome names, the keys of the ingestion counts.
+EXAMPLE = "impressions"
+FEEDBACK_MERGED = "feedback_merged"
+FEEDBACK_OUTSIDE_WINDOW = "feedback_outside_window"
+FEEDBACK_UNUSED_TYPE = "feedback_unused_type"
+DEAD_LETTER_PREFIX = "dead_letter."
+SECONDS_PER_DAY = 86400
+MICROS = 1_000_000
+
+
+def dead_letter_outcome(reason: str) -> str:
+    return DEAD_LETTER_PREFIX + reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Impression:
+    """A valid impression with its features already in the config's dtypes."""
+
+    event: log_contract.Event
+    features: Dict[str, Union[List[bytes], List[int], List[float]]]
+    line: str
+    source: str = ""
+
+
+def _convert_scalar(value, dtype: str, where: str):
+    if dtype == "string":
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value.encode("utf-8")
+    if isinstance(value, str):
+        raise ValueError(f"{where}: expected a number, got a string")
+    if dtype == "float":
+        return float(value)
+    # An integer feature sent as 3.0 is converted; 3.5 has no integer value.
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def feature_values(feature: config_lib.FeatureConfig, value):
+    """One feature's value in its config dtype, as the list a tf.Example holds.
+
+    A missing (None) scalar becomes the feature's default, the same default
+    the serving signature applies, so training and serving agree.
+    """
+    where = f"features.{feature.name}"
+    if value is None:
+        return [] if not feature.is_scalar else [
+            _convert_scalar(feature.default_value, feature.dtype, where)]
+    if feature.is_scalar:
+        if isinstance(value, list):
+            raise ValueError(f"{where}: expected one value, got a list")
+        return [_convert_scalar(value, feature.dtype, where)]
+    values = value if isinstance(value, list) else [value]
+    return [_convert_scalar(v, feature.dtype, where) for v in values]
+
+
+def raw_feature(event: log_contract.Event, name: str):
+    """The raw value of a config feature: ids are top-level fields of the
+    event, everything else is under `features`."""
+    if name == config_lib.USER_ID:
+        return event.user_id
+    if name == config_lib.ITEM_ID:
+        return event.item_id
+    return event.features.get(name)
+
+
+def to_impression(config: config_lib.Config, event: log_contract.Event, line: str,
+                  source: str = "") -> Union[Impression, log_contract.DeadLetter]:
+    """Converts an impression's features to the config's dtypes, or says why not."""
+    try:
+        features = {f.name: feature_values(f, raw_feature(event, f.name)) for f in config.features}
+    except ValueError as e:
+        return log_contract.DeadLetter(log_contract.WRONG_TYPE, str(e), line, source)
+    return Impression(event, features, line, source)
+
+
+def _feature_proto(values) -> tf.train.Feature:
+    if values and isinstance(values[0], bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+    if values and isinstance(values[0], int):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+def _typed_feature(dtype: str, values) -> tf.train.Feature:
+    # An empty list still needs the feature's own kind, or the schema would
+    # see one feature with two types.
+    if dtype == "string":
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+    if dtype == "int64":
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+@dataclasses.dataclass
+class JoinResult:
+    """What one (request_id, item_id) group produced."""
+
+    example: Optional[tf.train.Example] = None
+    impression_ts: Optional[int] = None
+    outcomes: List[str] = dataclasses.field(default_factory=list)
+    dead_letters: List[log_contract.DeadLetter] = dataclasses.field(default_factory=list)
+
+
+def _dead(result: JoinResult, reason: str, detail: str, line: str, source: str = "") -> None:
+    result.dead_letters.append(log_contract.DeadLetter(reason, detail, line, source))
+    result.outcomes.append(dead_letter_outcome(reason))
+
+
+def join_group(config: config_lib.Config, impressions: Iterable[Impression],
+               feedback: Iterable[Tuple[log_contract.Event, str, str]]) -> JoinResult:
+    """Labels one impression with the feedback sharing its key.
+
+    `feedback` holds (event, raw line, source file), the last two for dead
+    letters. With
+    several impressions of one key, the earliest is kept (ties broken by the
+    line, so the result does not depend on input order) and the others are
+    dead-lettered as duplicates.
+    """
+    result = JoinResult()
+    impressions = sorted(impressions, key=lambda i: (i.event.ts, i.line))
+    feedback = sorted(feedback, key=lambda f: (f[0].ts, f[1]))
+    if not impressions:
+        for event, line, source in feedback:
+            _dead(result, log_contract.ORPHAN_FEEDBACK,
+                  f"no impression with request_id={event.request_id!r} item_id={event.item_id!r}",
+                  line, source)
+        return result
+    kept, duplicates = impressions[0], impressions[1:]
+    for duplicate in duplicates:
+        _dead(result, log_contract.DUPLICATE_IMPRESSION,
+              "another impression with the same (request_id, item_id) came first",
+              duplicate.line, duplicate.source)
+
+    labels = {task.name: 0.0 for task in config.tasks}
+    tasks_by_feedback: Dict[str, List[config_lib.TaskConfig]] = {}
+    for task in config.tasks:
+        tasks_by_feedback.setdefault(task.feedback, []).append(task)
+    for event, _, _ in feedback:
+        tasks = tasks_by_feedback.get(event.type)
+        if not tasks:
+            result.outcomes.append(FEEDBACK_UNUSED_TYPE)
+            continue
+        delay_s = (event.ts - kept.event.ts) / MICROS
+        merged = False
+        for task in tasks:
+            if 0 <= delay_s <= task.label_window_s:
+                merged = True
+                if task.type == "binary":
+                    labels[task.name] = 1.0
+                else:
+                    labels[task.name] += event.value if event.value is not None else 1.0
+        result.outcomes.append(FEEDBACK_MERGED if merged else FEEDBACK_OUTSIDE_WINDOW)
+
+    feature_map = {
+        f.name: _typed_feature(f.dtype, kept.features[f.name]) for f in config.features
+    }
+    for task in config.tasks:
+        feature_map[task.label_key] = _feature_proto([labels[task.name]])
+    event = kept.event
+    feature_map[config_lib.REQUEST_ID] = _feature_proto([event.request_id.encode("utf-8")])
+    feature_map[config_lib.IMPRESSION_TS] = _feature_proto([event.ts])
+    if event.position is not None:
+        feature_map[config_lib.POSITION] = _feature_proto([event.position])
+    result.example = tf.train.Example(features=tf.train.Features(feature=feature_map))
+    result.impression_ts = event.ts
+    result.outcomes.append(EXAMPLE)
+    return result
+
+
+def eval_start_day(last_impression_ts: int, eval_days: int) -> int:
+    """First UTC day (days since the epoch) of the eval split."""
+    return last_impression_ts // (SECONDS_PER_DAY * MICROS) - eval_days + 1
+
+
+def split_of(impression_ts: int, first_eval_day: int) -> str:
+    return "eval" if impression_ts // (SECONDS_PER_DAY * MICROS) >= first_eval_day else "train"

@@ -1,0 +1,156 @@
+"""Infers a starting config from logs, for `mtrank init-config` and for
+`mtrank run` without `--config`.
+
+Every impression feature becomes an input (strings -> categorical, numbers ->
+numeric, lists -> multivalent), `user_id` and `item_id` become hashed
+categorical ids, and every feedback type seen becomes one binary task.
+"""
+from __future__ import annotations
+
+import collections
+import math
+from typing import Dict, Iterable
+
+from components import log_contract, log_files
+from pipeline import config as config_lib
+
+# A string feature with at most this many distinct values gets a vocabulary
+# (an exact id per value); above it, hashing (no vocabulary pass, bounded size).
+VOCABULARY_MAX_DISTINCT = 1000
+# Inference reads at most this many lines: enough to see every feature and
+# feedback type, cheap on logs of any size.
+DEFAULT_SAMPLE_LINES = 200_000
+DEFAULT_LABEL_WINDOW_S = 3600
+
+
+def embedding_dim(cardinality: int) -> int:
+    """About 6 * cardinality^(1/4) (the usual rule of thumb), within [4, 32]."""
+    return int(min(32, max(4, round(6 * cardinality ** 0.25))))
+
+
+def hash_buckets(distinct: int) -> int:
+    """Twice the distinct values seen (room for growth, few collisions), as a
+    power of two, at least 64."""
+    return max(64, 2 ** math.ceil(math.log2(max(2 * distinct, 1))))
+
+
+class _FeatureStats:
+    def __init__(self):
+        self.kinds = collections.Counter()  # string / int / float / list
+        self.list_element_kinds = collections.Counter()
+        self.distinct = set()
+        self.max_list_len = 0
+
+    def add(self, value) -> None:
+        if value is None:
+            return
+        if isinstance(value, list):
+            self.kinds["list"] += 1
+            self.max_list_len = max(self.max_list_len, len(value))
+            for element in value:
+                self.list_element_kinds[_scalar_kind(element)] += 1
+                self._add_distinct(element)
+        else:
+            self.kinds[_scalar_kind(value)] += 1
+            self._add_distinct(value)
+
+    def _add_distinct(self, value) -> None:
+        # Cardinality past the vocabulary limit only needs an estimate.
+        if len(self.distinct) <= 4 * VOCABULARY_MAX_DISTINCT * 64:
+            self.distinct.add(value)
+
+
+def _scalar_kind(value) -> str:
+    if isinstance(value, str):
+        return "string"
+    return "int" if isinstance(value, int) else "float"
+
+
+def _numeric_dtype(kinds: collections.Counter) -> str:
+    return "float" if kinds["float"] else "int64"
+
+
+def _categorical(name: str, dtype: str, distinct: int, kind: str = "categorical",
+                 max_len: int = 8) -> config_lib.FeatureConfig:
+    if distinct <= VOCABULARY_MAX_DISTINCT and dtype == "string":
+        encoding = dict(encoding="vocabulary", vocab_size=max(distinct, 1))
+    else:
+        encoding = dict(encoding="hashing", hash_buckets=hash_buckets(distinct))
+    return config_lib.FeatureConfig(
+        name=name, kind=kind, dtype=dtype, embedding_dim=embedding_dim(distinct),
+        max_len=max_len, **encoding)
+
+
+def _feature_config(name: str, stats: _FeatureStats) -> config_lib.FeatureConfig:
+    distinct = len(stats.distinct)
+    if stats.kinds["list"] >= sum(stats.kinds.values()) / 2:
+        element_kinds = stats.list_element_kinds
+        dtype = "string" if element_kinds["string"] or not element_kinds else "int64"
+        return _categorical(name, dtype, distinct, kind="multivalent",
+                            max_len=max(1, min(stats.max_list_len, 32)))
+    if stats.kinds["string"] >= sum(stats.kinds.values()) / 2:
+        return _categorical(name, "string", distinct)
+    return config_lib.FeatureConfig(
+        name=name, kind="numeric", dtype=_numeric_dtype(stats.kinds), transform="zscore")
+
+
+def infer_config_from_events(events: Iterable[log_contract.Event],
+                             model_name: str = "mtrank") -> config_lib.Config:
+    """Builds a config from valid events (dead letters are not looked at)."""
+    feature_stats: Dict[str, _FeatureStats] = collections.defaultdict(_FeatureStats)
+    ids = {config_lib.USER_ID: set(), config_lib.ITEM_ID: set()}
+    feedback_types = collections.Counter()
+    impressions = 0
+    for event in events:
+        if not event.is_impression:
+            feedback_types[event.type] += 1
+            continue
+        impressions += 1
+        ids[config_lib.USER_ID].add(event.user_id)
+        ids[config_lib.ITEM_ID].add(event.item_id)
+        for name, value in event.features.items():
+            feature_stats[name].add(value)
+    if not impressions:
+        raise config_lib.ConfigError("no valid impression in the logs: cannot infer features")
+    if not feedback_types:
+        raise config_lib.ConfigError("no feedback events in the logs: cannot infer tasks")
+
+    features = [
+        config_lib.FeatureConfig(
+            name=name, kind="categorical", dtype="string", encoding="hashing",
+            hash_buckets=hash_buckets(len(values)), embedding_dim=embedding_dim(len(values)))
+        for name, values in ids.items()
+    ]
+    for name in sorted(feature_stats):
+        if name in config_lib.RESERVED_NAMES or name in ids:
+            continue
+        features.append(_feature_config(name, feature_stats[name]))
+    tasks = [
+        config_lib.TaskConfig(name=_task_name(feedback), feedback=feedback,
+                              label_window_s=DEFAULT_LABEL_WINDOW_S)
+        for feedback, _ in feedback_types.most_common()
+    ]
+    # Round-trip through validation so an inferred config obeys every rule a
+    # hand-written one does.
+    return config_lib.config_from_dict(
+        config_lib.Config(model_name=model_name, features=features, tasks=tasks).to_dict())
+
+
+def _task_name(feedback: str) -> str:
+    name = "".join(c if c.isalnum() else "_" for c in feedback).strip("_") or "task"
+    return name if name[0].isalpha() else f"t_{name}"
+
+
+def infer_config(log_glob: str, model_name: str = "mtrank",
+                 sample_lines: int = DEFAULT_SAMPLE_LINES) -> config_lib.Config:
+    """Reads up to `sample_lines` lines of the logs and infers a config."""
+
+    def events():
+        for count, (path, line) in enumerate(log_files.iter_log_lines(log_glob)):
+            if count >= sample_lines:
+                return
+            event = log_contract.parse_event(line, path)
+            if isinstance(event, log_contract.Event):
+                yield event
+
+    return infer_config_from_events(events(), model_name)

@@ -1,0 +1,118 @@
+"""Runs the pipeline locally: LocalDagRunner, Beam DirectRunner and SQLite
+ML Metadata, all under one work directory.
+
+Layout of the work directory:
+  metadata.sqlite            ML Metadata of every run (a second run reuses it,
+                             so the Evaluator finds the last blessed model)
+  pipeline_root/             TFX artifacts
+  serving_model/<model>/<v>/ pushed SavedModels, TF Serving's layout
+  run_summary.json           the summary of the last run
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import List, Optional
+
+from absl import logging as absl_logging
+from tfx import v1 as tfx
+from tfx.orchestration import metadata
+
+from pipeline import config as config_lib
+from pipeline import eval_config as eval_config_lib
+from pipeline import pipeline as pipeline_lib
+from pipeline import run_summary
+
+METADATA_FILE = "metadata.sqlite"
+SUMMARY_FILE = "run_summary.json"
+
+
+def serving_model_dir(work_dir: str, model_name: str) -> str:
+    return os.path.join(work_dir, "serving_model", model_name)
+
+
+class _ProgressPrinter(logging.Handler):
+    """Prints one line as each component starts and finishes.
+
+    LocalDagRunner announces components only through its log, so progress is
+    read from there rather than by re-implementing its loop.
+    """
+
+    def __init__(self, total: int, out=sys.stdout):
+        super().__init__(level=logging.INFO)
+        self._total, self._done, self._started, self._out = total, 0, {}, out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "Component %s is running.":
+            self._started[record.args[0]] = time.time()
+            print(f"[{self._done + 1}/{self._total}] {record.args[0]} ...", file=self._out,
+                  flush=True)
+        elif record.msg == "Component %s is finished.":
+            self._done += 1
+            elapsed = time.time() - self._started.get(record.args[0], time.time())
+            print(f"[{self._done}/{self._total}] {record.args[0]} done in {elapsed:.1f} s",
+                  file=self._out, flush=True)
+
+
+@contextlib.contextmanager
+def _tfx_logs_as_progress(total: int, verbose: bool):
+    """TFX logs every step at INFO through absl. While the pipeline runs,
+    those records feed the progress printer; only warnings (or everything,
+    if verbose) reach the terminal."""
+    absl_logger = absl_logging.get_absl_logger()
+    saved = absl_logger.level, absl_logger.propagate, list(absl_logger.handlers)
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setLevel(logging.INFO if verbose else logging.WARNING)
+    terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    absl_logger.handlers = [_ProgressPrinter(total), terminal]
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.propagate = False
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(saved[0])
+        absl_logger.propagate = saved[1]
+        absl_logger.handlers = saved[2]
+
+
+def run(log_glob: str, work_dir: str, config: config_lib.Config,
+        beam_pipeline_args: Optional[List[str]] = None, verbose: bool = False) -> dict:
+    """Runs the pipeline once and returns (and writes) its summary.
+
+    A failing component (bad data, a bug) still yields a summary of what ran,
+    with the error under "error"; the caller decides the exit code.
+    """
+    work_dir = os.path.abspath(work_dir)
+    os.makedirs(work_dir, exist_ok=True)
+    metadata_path = os.path.join(work_dir, METADATA_FILE)
+    pipeline = pipeline_lib.create_pipeline(
+        pipeline_name=config.model_name,
+        pipeline_root=os.path.join(work_dir, "pipeline_root"),
+        log_glob=os.path.abspath(log_glob) if "://" not in log_glob else log_glob,
+        config=config,
+        eval_config=eval_config_lib.make_eval_config(config),
+        serving_model_dir=serving_model_dir(work_dir, config.model_name),
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
+        beam_pipeline_args=beam_pipeline_args or ["--direct_num_workers=1"],
+    )
+    since = 0
+    if os.path.exists(metadata_path):
+        since = run_summary.last_execution_id(run_summary.open_store(metadata_path))
+
+    started = time.time()
+    error = None
+    with _tfx_logs_as_progress(len(pipeline.components), verbose):
+        try:
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+        except Exception as e:  # noqa: BLE001 - reported in the summary; the CLI exits 1
+            error = f"{type(e).__name__}: {e}"
+    summary = run_summary.collect(metadata_path, since, config, log_glob)
+    summary["wall_s"]["total"] = round(time.time() - started, 1)
+    summary["error"] = error
+    with open(os.path.join(work_dir, SUMMARY_FILE), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    return summary

@@ -1,0 +1,214 @@
+"""The run summary, read back from ML Metadata after a run.
+
+Everything here comes from the artifacts and executions the run recorded
+(ingestion counts, TFMA metrics and validation, blessing, push), so the
+summary shows what the pipeline did, not what the CLI expected it to do.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+from typing import Dict, List, Optional
+
+import ml_metadata as mlmd
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from google.protobuf import json_format
+from ml_metadata.proto import metadata_store_pb2
+from sklearn.metrics import roc_auc_score
+
+from components import ingest, labelling
+from components.log_example_gen import COUNTS_PROPERTY
+from pipeline import config as config_lib
+
+TRUTH_FILE = "truth.jsonl.gz"
+
+
+def open_store(metadata_path: str) -> mlmd.MetadataStore:
+    return mlmd.MetadataStore(metadata_store_pb2.ConnectionConfig(
+        sqlite=metadata_store_pb2.SqliteMetadataSourceConfig(filename_uri=metadata_path)))
+
+
+def last_execution_id(store: mlmd.MetadataStore) -> int:
+    executions = store.get_executions()
+    return max((e.id for e in executions), default=0)
+
+
+def _node_id(store: mlmd.MetadataStore, execution_id: int) -> str:
+    for context in store.get_contexts_by_execution(execution_id):
+        if store.get_context_types_by_id([context.type_id])[0].name == "node":
+            return context.name.split(".", 1)[-1]
+    return str(execution_id)
+
+
+def _custom(artifact, name: str):
+    if name not in artifact.custom_properties:
+        return None
+    value = artifact.custom_properties[name]
+    kind = value.WhichOneof("value")
+    if kind == "struct_value":
+        return json_format.MessageToDict(value.struct_value)
+    return getattr(value, kind)
+
+
+def _outputs_by_node(store: mlmd.MetadataStore, since_execution_id: int):
+    """{node_id: (execution, {artifact type name: [artifacts]})} for the run."""
+    executions = [e for e in store.get_executions() if e.id > since_execution_id]
+    result = {}
+    for execution in sorted(executions, key=lambda e: e.id):
+        events = store.get_events_by_execution_ids([execution.id])
+        output_ids = [ev.artifact_id for ev in events
+                      if ev.type in (metadata_store_pb2.Event.OUTPUT,
+                                     metadata_store_pb2.Event.DECLARED_OUTPUT)]
+        artifacts = collections.defaultdict(list)
+        for artifact in store.get_artifacts_by_id(output_ids):
+            type_name = store.get_artifact_types_by_id([artifact.type_id])[0].name
+            artifacts[type_name].append(artifact)
+        result[_node_id(store, execution.id)] = (execution, artifacts)
+    return result
+
+
+def _task_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+    """Overall-slice metrics of the candidate model, per task (output)."""
+    metrics: Dict[str, Dict[str, float]] = collections.defaultdict(dict)
+    for per_slice in tfma.load_metrics(evaluation_uri):
+        if per_slice.slice_key.single_slice_keys:
+            continue
+        for kv in per_slice.metric_keys_and_values:
+            key = kv.key
+            if key.is_diff or key.model_name not in ("", "candidate"):
+                continue
+            if kv.value.HasField("double_value"):
+                metrics[key.output_name][key.name] = round(kv.value.double_value.value, 5)
+    return dict(metrics)
+
+
+def _validation_failures(evaluation_uri: str) -> List[str]:
+    result = tfma.load_validation_result(evaluation_uri)
+    failures = []
+    for per_slice in result.metric_validations_per_slice:
+        slice_name = ",".join(f"{k.column}={k.bytes_value or k.int64_value or k.float_value}"
+                              for k in per_slice.slice_key.single_slice_keys) or "overall"
+        for failure in per_slice.failures:
+            failures.append(
+                f"task {failure.metric_key.output_name}, slice {slice_name}: "
+                f"{failure.metric_key.name} {'change ' if failure.metric_key.is_diff else ''}"
+                f"{failure.metric_value.double_value.value:.4f} fails {failure.message}".strip())
+    return failures
+
+
+def _find_truth_file(log_glob: str) -> Optional[str]:
+    for directory in sorted({os.path.dirname(p) for p in glob.glob(log_glob)}):
+        for candidate in (directory, os.path.dirname(directory)):
+            path = os.path.join(candidate, TRUTH_FILE)
+            if os.path.exists(path):
+                return path
+    return None
+
+
+def truth_auc(truth_path: str, examples_uri: str, config: config_lib.Config
+              ) -> Dict[str, float]:
+    """AUC of the simulator's generating probabilities against the labels of
+    the eval split: the ceiling a perfect model would reach on these labels."""
+    truth = {}
+    with gzip.open(truth_path, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            truth[(row["request_id"], row["item_id"])] = row
+    labels, probabilities = collections.defaultdict(list), collections.defaultdict(list)
+    files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*"))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        example = tf.train.Example.FromString(record)
+        feature = example.features.feature
+        key = (feature[config_lib.REQUEST_ID].bytes_list.value[0].decode(),
+               feature[config_lib.ITEM_ID].bytes_list.value[0].decode())
+        row = truth.get(key)
+        if row is None:
+            continue
+        for task in config.tasks:
+            p_key = f"p_{task.feedback}"
+            if task.type == "binary" and p_key in row:
+                labels[task.name].append(feature[task.label_key].float_list.value[0])
+                probabilities[task.name].append(row[p_key])
+    return {task: round(float(roc_auc_score(labels[task], probabilities[task])), 5)
+            for task in labels if 0 < sum(labels[task]) < len(labels[task])}
+
+
+def collect(metadata_path: str, since_execution_id: int, config: config_lib.Config,
+            log_glob: str) -> dict:
+    """Builds the run summary of the executions after `since_execution_id`."""
+    store = open_store(metadata_path)
+    nodes = _outputs_by_node(store, since_execution_id)
+    summary = {
+        "lines_read": None, "impressions": None, "feedback_merged": None,
+        "feedback_outside_window": None, "feedback_unused_type": None,
+        "examples": {}, "dead_letters": {}, "tasks": {}, "validation_failures": [],
+        "blessed": False, "pushed_version": None, "wall_s": {},
+    }
+    for node_id, (execution, _) in nodes.items():
+        summary["wall_s"][node_id] = round(
+            (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000, 1)
+
+    examples = _first(nodes, "LogExampleGen", "Examples")
+    if examples is not None:
+        counts = json.loads(_custom(examples, COUNTS_PROPERTY) or "{}")
+        summary["lines_read"] = counts.get(ingest.LINES_READ, 0)
+        for outcome in (labelling.EXAMPLE, labelling.FEEDBACK_MERGED,
+                        labelling.FEEDBACK_OUTSIDE_WINDOW, labelling.FEEDBACK_UNUSED_TYPE):
+            summary[outcome] = counts.get(outcome, 0)
+        summary["examples"] = {s: counts.get(ingest.split_count_key(s), 0) for s in ingest.SPLITS}
+        summary["dead_letters"] = {
+            k[len(labelling.DEAD_LETTER_PREFIX):]: v for k, v in counts.items()
+            if k.startswith(labelling.DEAD_LETTER_PREFIX)}
+
+    evaluation = _first(nodes, "Evaluator", "ModelEvaluation")
+    if evaluation is not None:
+        summary["tasks"] = _task_metrics(evaluation.uri)
+        summary["validation_failures"] = _validation_failures(evaluation.uri)
+    truth_path = _find_truth_file(log_glob)
+    if truth_path and examples is not None:
+        for task, auc in truth_auc(truth_path, examples.uri, config).items():
+            summary["tasks"].setdefault(task, {})["truth_auc"] = auc
+
+    blessing = _first(nodes, "Evaluator", "ModelBlessing")
+    summary["blessed"] = bool(blessing is not None and _custom(blessing, "blessed") == 1)
+    pushed = _first(nodes, "Pusher", "PushedModel")
+    if pushed is not None and _custom(pushed, "pushed") == 1:
+        summary["pushed_version"] = int(_custom(pushed, "pushed_version"))
+    return summary
+
+
+def _first(nodes, node_id: str, type_name: str):
+    if node_id not in nodes:
+        return None
+    artifacts = nodes[node_id][1].get(type_name) or []
+    return artifacts[0] if artifacts else None
+
+
+def format_table(summary: dict) -> str:
+    """The summary as the text the CLI prints."""
+    lines = [
+        f"lines read {summary['lines_read']}, examples {summary['examples']}, "
+        f"feedback merged {summary['feedback_merged']}, "
+        f"outside window {summary['feedback_outside_window']}",
+        f"dead letters {summary['dead_letters'] or 'none'}",
+        "",
+        f"{'task':<14}{'auc':>9}{'truth_auc':>11}{'loss':>9}{'mean_label':>12}{'examples':>10}",
+    ]
+    for task, metrics in summary["tasks"].items():
+        def fmt(name, width):
+            value = metrics.get(name)
+            return f"{value:>{width}.4f}" if isinstance(value, float) else f"{'-':>{width}}"
+        count = metrics.get("example_count")
+        lines.append(f"{task:<14}{fmt('auc', 9)}{fmt('truth_auc', 11)}"
+                     f"{fmt('binary_crossentropy', 9)}{fmt('mean_label', 12)}"
+                     f"{int(count) if count is not None else '-':>10}")
+    lines.append("")
+    for failure in summary["validation_failures"]:
+        lines.append(f"validation failed: {failure}")
+    lines.append(f"blessed {summary['blessed']}, pushed version {summary['pushed_version']}")
+    lines.append("wall s " + ", ".join(f"{k} {v}" for k, v in summary["wall_s"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""FeatureEmbedding: transformed features -> one dense vector per example."""
+from __future__ import annotations
+
+from typing import Dict
+
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from trainer import features as features_lib
+
+
+class FeatureEmbedding(tf.keras.layers.Layer):
+    """Embeds ids (mean-pooling list features over their non-padding values)
+    and concatenates them with the normalised numeric features."""
+
+    def __init__(self, features: list[config_lib.FeatureConfig], seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self._features = list(features)
+        self._embeddings: Dict[str, tf.keras.layers.Embedding] = {}
+        for feature in self._features:
+            if features_lib.is_embedded(feature):
+                self._embeddings[feature.name] = tf.keras.layers.Embedding(
+                    features_lib.embedding_input_dim(feature), feature.embedding_dim,
+                    embeddings_initializer=tf.keras.initializers.RandomUniform(
+                        -0.05, 0.05, seed=seed),
+                    name=f"{feature.name}_embedding")
+
+    def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+        parts = []
+        for feature in self._features:
+            x = inputs[feature.name]
+            if feature.name not in self._embeddings:
+                parts.append(tf.reshape(tf.cast(x, tf.float32), [-1, 1]))
+                continue
+            vectors = self._embeddings[feature.name](x)
+            if feature.kind == "multivalent":
+                mask = tf.cast(tf.not_equal(x, features_lib.PADDING_ID), tf.float32)[..., None]
+                vectors = tf.reduce_sum(vectors * mask, axis=1) / tf.maximum(
+                    tf.reduce_sum(mask, axis=1), 1.0)
+            parts.append(tf.reshape(vectors, [-1, feature.embedding_dim]))
+        return tf.concat(parts, axis=-1)

@@ -1,0 +1,34 @@
+"""Feature names and specs shared by Transform, the model and serving."""
+from __future__ import annotations
+
+from typing import Dict
+
+import tensorflow as tf
+
+from pipeline import config as config_lib
+
+# Multivalent ids are shifted by one so that 0 can mean "no value" (padding).
+PADDING_ID = 0
+
+
+def embedding_input_dim(feature: config_lib.FeatureConfig) -> int:
+    """How many distinct ids the transformed feature can take."""
+    if feature.kind == "numeric":
+        return feature.num_buckets + 1  # tft.bucketize may add an edge bucket
+    ids = feature.hash_buckets if feature.encoding == "hashing" else feature.vocab_size + 1
+    return ids + 1 if feature.kind == "multivalent" else ids
+
+
+def is_embedded(feature: config_lib.FeatureConfig) -> bool:
+    """Ids get embeddings; z-scored and logged numerics enter as they are."""
+    return feature.kind != "numeric" or feature.transform == "buckets"
+
+
+_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
+
+
+def serving_feature_spec(config: config_lib.Config) -> Dict[str, tf.io.VarLenFeature]:
+    """How serving parses a tf.Example: only the model's features, never
+    labels or training-only fields, all variable-length as in Transform (the
+    schema does not fix shapes), so a missing feature is not a parse error."""
+    return {f.name: tf.io.VarLenFeature(_TF_DTYPES[f.dtype]) for f in config.features}
