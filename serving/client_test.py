@@ -1,0 +1,195 @@
+"""Tests of serving/client.py: the JSON mapping, and the client against our server."""
+import gzip
+import io
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from serving import client, testing_util
+
+
+def kinds(example):
+    """{feature: (kind, values)} of a tf.Example, for comparing mappings."""
+    result = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        result[name] = (kind, list(getattr(feature, kind).value))
+    return result
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("u1", ("bytes_list", [b"u1"])),
+    ("café", ("bytes_list", ["café".encode()])),
+    (3, ("int64_list", [3])),
+    (-2**63, ("int64_list", [-2**63])),
+    (2.5, ("float_list", [2.5])),
+    (3.0, ("float_list", [3.0])),
+    (["a", "b"], ("bytes_list", [b"a", b"b"])),
+    ([1, 2], ("int64_list", [1, 2])),
+    ([1, 2.5], ("float_list", [1.0, 2.5])),
+])
+def test_example_from_json_maps_types(value, expected):
+    assert kinds(client.example_from_json({"f": value})) == {"f": expected}
+
+
+@pytest.mark.parametrize("value", [None, []])
+def test_example_from_json_omits_features_without_value(value):
+    assert kinds(client.example_from_json({"f": value, "g": 1})) == {"g": ("int64_list", [1])}
+
+
+@pytest.mark.parametrize("value, words", [
+    (True, "booleans"),
+    ([1, False], "booleans"),
+    (["a", 1], "only strings or only numbers"),
+    ({"nested": 1}, "dict"),
+    (2**63, "int64"),
+])
+def test_example_from_json_rejects_values_it_cannot_map(value, words):
+    with pytest.raises(ValueError, match=words) as raised:
+        client.example_from_json({"bad_feature": value})
+    assert "bad_feature" in str(raised.value)
+
+
+def impression(request_id, item_id, user_id="u1", **features):
+    return {"type": "impression", "ts": "2024-05-01T12:00:00Z", "request_id": request_id,
+            "user_id": user_id, "item_id": item_id, "position": 0, "features": features}
+
+
+def test_impression_to_example_adds_ids_and_leaves_out_position():
+    event = impression("r1", "i9", user_id="u5", item_price=2.0, item_tags=["x"])
+
+    assert kinds(client.impression_to_example(event)) == {
+        "user_id": ("bytes_list", [b"u5"]),
+        "item_id": ("bytes_list", [b"i9"]),
+        "item_price": ("float_list", [2.0]),
+        "item_tags": ("bytes_list", [b"x"]),
+    }
+
+
+def test_impression_to_example_rejects_feedback():
+    with pytest.raises(ValueError, match="impression"):
+        client.impression_to_example({"type": "click", "request_id": "r", "user_id": "u",
+                                      "item_id": "i"})
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("models") / "mtrank")
+    testing_util.write_test_model(base, 1)
+    testing_util.write_test_model(base, 2, bias=-0.5)
+    with testing_util.running_server(base) as (_, address):
+        yield address
+
+
+@pytest.fixture
+def ranking_client(target):
+    with client.RankingClient(target) as c:
+        yield c
+
+
+FEATURE_DICTS = [
+    {"user_id": f"user{i}", "item_id": f"item{i}", "item_price": i * 2, "hour": i,
+     "item_tags": ["a"] * i}
+    for i in range(5)
+]
+
+
+def test_predict_accepts_dicts_and_examples_alike(ranking_client):
+    from_dicts = ranking_client.predict(FEATURE_DICTS)
+    from_examples = ranking_client.predict(
+        [client.example_from_json(f) for f in FEATURE_DICTS])
+
+    assert set(from_dicts) == {"click", "purchase"}
+    for task, scores in from_dicts.items():
+        assert scores.shape == (5,)
+        assert len(set(scores.tolist())) == 5
+        np.testing.assert_array_equal(scores, from_examples[task])
+
+
+def test_predict_batches_give_the_same_scores(ranking_client):
+    whole = ranking_client.predict(FEATURE_DICTS)
+    batched = ranking_client.predict(FEATURE_DICTS, batch_size=2)
+
+    for task in whole:
+        np.testing.assert_array_equal(batched[task], whole[task])
+
+
+def test_predict_nothing_sends_nothing(ranking_client):
+    assert ranking_client.predict([]) == {}
+
+
+def test_metadata_and_status(ranking_client):
+    metadata = ranking_client.metadata()
+
+    assert (metadata.name, metadata.version, metadata.tasks) == ("mtrank", 2, ("click", "purchase"))
+    assert ranking_client.status() == {2: "AVAILABLE"}
+
+
+def test_errors_from_the_server_propagate(target):
+    with client.RankingClient(target, model_name="other") as wrong_name:
+        with pytest.raises(grpc.RpcError) as raised:
+            wrong_name.predict(FEATURE_DICTS[:1])
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture
+def logs_path(tmp_path):
+    """A gzipped log: impressions, feedback, and a line that is not an event."""
+    events = [
+        impression("r1", "i1", item_price=1, hour=3),
+        impression("r1", "i2", item_price=9.5, hour=3, item_tags=["sale"]),
+        {"type": "click", "ts": "2024-05-01T12:00:05Z", "request_id": "r1", "user_id": "u1",
+         "item_id": "i1"},
+        impression("r2", "i3", user_id="u2", hour=20),
+    ]
+    lines = [json.dumps(e) for e in events]
+    lines.insert(1, "{not json")
+    path = tmp_path / "events.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_predict_logs_scores_impressions_in_order(target, ranking_client, logs_path):
+    rows = client.predict_logs(target, logs_path)
+
+    assert [(request_id, item_id) for request_id, item_id, _ in rows] == [
+        ("r1", "i1"), ("r1", "i2"), ("r2", "i3")]
+    expected = ranking_client.predict([
+        {"user_id": "u1", "item_id": "i1", "item_price": 1, "hour": 3},
+        {"user_id": "u1", "item_id": "i2", "item_price": 9.5, "hour": 3, "item_tags": ["sale"]},
+        {"user_id": "u2", "item_id": "i3", "hour": 20},
+    ])
+    for i, (_, _, scores) in enumerate(rows):
+        assert scores == {task: float(expected[task][i]) for task in ("click", "purchase")}
+
+
+def test_predict_logs_limit(target, logs_path):
+    assert [row[1] for row in client.predict_logs(target, logs_path, limit=2)] == ["i1", "i2"]
+    assert client.predict_logs(target, logs_path, limit=0) == []
+
+
+def test_print_predictions_prints_a_table(target, logs_path):
+    out = io.StringIO()
+
+    assert client.print_predictions(target, logs_path, limit=2, out=out) == 2
+
+    header, *rows = out.getvalue().splitlines()
+    assert header.split() == ["request_id", "item_id", "click", "purchase"]
+    assert [row.split()[:2] for row in rows] == [["r1", "i1"], ["r1", "i2"]]
+    for row in rows:
+        assert all(0.0 <= float(cell) <= 1.0 for cell in row.split()[2:])
+
+
+def test_format_predictions_aligns_columns():
+    table = client.format_predictions([("r1", "a-long-item", {"click": 0.25}),
+                                       ("r22", "i", {"click": 0.5})])
+
+    assert table.splitlines() == [
+        "request_id  item_id      click",
+        "r1          a-long-item  0.2500",
+        "r22         i            0.5000",
+    ]
+

@@ -1,0 +1,189 @@
+"""Loading one mtrank SavedModel version and fitting requests to its inputs.
+
+A model base directory has TF Serving's layout, `BASE/<version>/saved_model.pb`
+with integer versions, so our server and the official TensorFlow Serving image
+can serve the same directory. Each version carries
+`assets.extra/mtrank_serving_spec.json`, which names the tasks and declares
+every feature's dtype; `ServingSpec.conform` uses it to turn a client's
+tf.Example into exactly what the model parses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Callable, Dict, Mapping, Tuple
+
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+SERVING_SIGNATURE = "serving_default"
+EXAMPLES_INPUT = "examples"
+SPEC_PATH = os.path.join("assets.extra", "mtrank_serving_spec.json")
+
+DTYPES = ("string", "int64", "float")
+SHAPES = ("scalar", "list")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class ExampleError(ValueError):
+    """An example that does not fit the model's features; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """How the model parses one feature: `dtype` and scalar or list `shape`."""
+
+    dtype: str
+    shape: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSpec:
+    """The content of a version's mtrank_serving_spec.json."""
+
+    model_name: str
+    tasks: Tuple[str, ...]
+    features: Mapping[str, FeatureSpec]
+
+    @classmethod
+    def from_json(cls, obj) -> "ServingSpec":
+        """Validates a decoded spec; ValueError names the offending field."""
+        if not isinstance(obj, dict):
+            raise ValueError("serving spec must be a JSON object")
+        model_name = obj.get("model_name")
+        if not isinstance(model_name, str) or not model_name:
+            raise ValueError("serving spec: 'model_name' must be a non-empty string")
+        tasks = obj.get("tasks")
+        if not isinstance(tasks, list) or not tasks or not all(
+            isinstance(t, str) and t for t in tasks
+        ):
+            raise ValueError("serving spec: 'tasks' must be a non-empty list of names")
+        raw_features = obj.get("features")
+        if not isinstance(raw_features, dict):
+            raise ValueError("serving spec: 'features' must be an object")
+        features = {}
+        for name, feature in raw_features.items():
+            if not isinstance(feature, dict):
+                raise ValueError(f"serving spec: features.{name} must be an object")
+            if feature.get("dtype") not in DTYPES:
+                raise ValueError(f"serving spec: features.{name}.dtype must be one of {DTYPES}")
+            if feature.get("shape") not in SHAPES:
+                raise ValueError(f"serving spec: features.{name}.shape must be one of {SHAPES}")
+            features[name] = FeatureSpec(feature["dtype"], feature["shape"])
+        return cls(model_name, tuple(tasks), features)
+
+    def conform(self, serialized: bytes) -> bytes:
+        """Re-serializes a client's Example with exactly the features the model parses.
+
+        Clients build Examples from JSON, where 3 and 3.0 are easily confused,
+        so numbers are converted to the declared dtype: integers become floats,
+        and integral floats become integers. Anything else that does not fit
+        raises ExampleError naming the feature. Features the model does not
+        read are dropped; a scalar without values is dropped too, so the
+        model's default applies as it does for a missing one.
+        """
+        try:
+            example = tf.train.Example.FromString(serialized)
+        except DecodeError as e:
+            raise ExampleError(f"not a serialized tf.Example: {e}") from None
+        conformed = tf.train.Example()
+        for name, spec in self.features.items():
+            if name not in example.features.feature:
+                continue
+            feature = example.features.feature[name]
+            kind = feature.WhichOneof("kind")
+            values = list(getattr(feature, kind).value) if kind else []
+            if not values:
+                continue
+            if spec.shape == "scalar" and len(values) != 1:
+                raise ExampleError(
+                    f"feature '{name}' is a scalar but has {len(values)} values"
+                )
+            target = conformed.features.feature[name]
+            if spec.dtype == "string":
+                if kind != "bytes_list":
+                    raise ExampleError(f"feature '{name}' must be a string, got {kind}")
+                target.bytes_list.value.extend(values)
+            elif kind == "bytes_list":
+                raise ExampleError(f"feature '{name}' must be {spec.dtype}, got a string")
+            elif spec.dtype == "float":
+                target.float_list.value.extend(float(v) for v in values)
+            else:
+                target.int64_list.value.extend(_to_int64(name, v) for v in values)
+        return conformed.SerializeToString()
+
+
+def _to_int64(name: str, value) -> int:
+    if isinstance(value, int):
+        return value
+    if not (math.isfinite(value) and value.is_integer() and INT64_MIN <= value <= INT64_MAX):
+        raise ExampleError(f"feature '{name}' must be int64, got {value!r}")
+    return int(value)
+
+
+def list_versions(model_base: str) -> Tuple[int, ...]:
+    """Ascending versions under `model_base`: integer subdirectories with a saved_model.pb."""
+    if not os.path.isdir(model_base):
+        raise FileNotFoundError(f"model base directory {model_base!r} does not exist")
+    return tuple(sorted(
+        int(entry) for entry in os.listdir(model_base)
+        if entry.isdigit()
+        and os.path.isfile(os.path.join(model_base, entry, "saved_model.pb"))
+    ))
+
+
+def _read_signature_defs(version_dir: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
+    # TF Serving answers GetModelMetadata with the SignatureDefs of the
+    # "serve" MetaGraph, read from saved_model.pb rather than rebuilt.
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+        saved_model = saved_model_pb2.SavedModel.FromString(f.read())
+    for meta_graph in saved_model.meta_graphs:
+        if tf.saved_model.SERVING in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise ValueError(f"{version_dir} has no MetaGraph tagged '{tf.saved_model.SERVING}'")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """One loaded version: what the server needs to answer every request.
+
+    `root` is the object tf.saved_model.load returned; it is kept because the
+    signature function needs the variables it owns to stay alive.
+    """
+
+    version: int
+    path: str
+    spec: ServingSpec
+    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
+    root: object
+    predict_fn: Callable[..., Dict[str, tf.Tensor]]
+
+    def predict(self, serialized_examples) -> Dict[str, tf.Tensor]:
+        """Runs serving_default on already conformed serialized Examples."""
+        examples = tf.constant(list(serialized_examples), dtype=tf.string)
+        return self.predict_fn(**{EXAMPLES_INPUT: examples})
+
+
+def load_latest(model_base: str) -> LoadedModel:
+    """Loads the highest version under `model_base`, as TF Serving's latest policy does."""
+    versions = list_versions(model_base)
+    if not versions:
+        raise FileNotFoundError(f"no model versions (<int>/saved_model.pb) under {model_base!r}")
+    version = versions[-1]
+    path = os.path.join(model_base, str(version))
+    with open(os.path.join(path, SPEC_PATH), encoding="utf-8") as f:
+        spec = ServingSpec.from_json(json.load(f))
+    signature_defs = _read_signature_defs(path)
+    serving = signature_defs.get(SERVING_SIGNATURE)
+    if serving is None or EXAMPLES_INPUT not in serving.inputs:
+        raise ValueError(
+            f"{path}: signature '{SERVING_SIGNATURE}' with input '{EXAMPLES_INPUT}' is required"
+        )
+    root = tf.saved_model.load(path)
+    return LoadedModel(
+        version=version, path=path, spec=spec, signature_defs=signature_defs,
+        root=root, predict_fn=root.signatures[SERVING_SIGNATURE],
+    )
