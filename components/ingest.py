@@ -65,7 +65,8 @@ class _JoinAndLabel(beam.DoFn):
         for dead_letter in result.dead_letters:
             yield beam.pvalue.TaggedOutput(_DEAD, dead_letter)
         if result.example is not None:
-            yield (result.impression_ts, result.example.SerializeToString())
+            # Deterministic: the same input gives the same bytes on every run.
+            yield (result.impression_ts, result.example.SerializeToString(deterministic=True))
 
 
 def split_count_key(split: str) -> str:

@@ -54,6 +54,8 @@ def _convert_scalar(value, dtype: str, where: str):
     # An integer feature sent as 3.0 is converted; 3.5 has no integer value.
     if isinstance(value, float) and not value.is_integer():
         raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if not -log_contract.INT64_MAX - 1 <= value <= log_contract.INT64_MAX:
+        raise ValueError(f"{where}: {value!r} is out of the int64 range")
     return int(value)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 from typing import Any, Dict, Optional, Union
 
 IMPRESSION = "impression"
@@ -66,6 +67,10 @@ class DeadLetter:
         )
 
 
+_FRACTION = re.compile(r"\.(\d+)")
+INT64_MAX = 2 ** 63 - 1
+
+
 def parse_ts(value: str) -> int:
     """RFC 3339 timestamp -> microseconds since the epoch, UTC.
 
@@ -74,6 +79,9 @@ def parse_ts(value: str) -> int:
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
+    # RFC 3339 allows any number of fraction digits; Python 3.10's parser
+    # takes only 3 or 6, so normalise to microseconds.
+    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
     parsed = datetime.datetime.fromisoformat(text.replace("t", "T", 1))
     if parsed.tzinfo is None:
         raise ValueError("timestamp has no UTC offset")
@@ -98,13 +106,20 @@ def _feature_problem(name: str, value) -> Optional[str]:
 
 def parse_event(line: Union[str, bytes], source: str = "") -> Union[Event, DeadLetter]:
     """Parses one log line into an Event, or a DeadLetter saying why not."""
+    undecodable = None
     if isinstance(line, bytes):
-        line = line.decode("utf-8", errors="replace")
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            # Kept (with replacement characters) so the dead letter shows it.
+            undecodable, line = e, line.decode("utf-8", errors="replace")
     line = line.rstrip("\r\n")
 
     def dead(reason: str, detail: str) -> DeadLetter:
         return DeadLetter(reason, detail, line, source)
 
+    if undecodable is not None:
+        return dead(NOT_JSON, f"not UTF-8: {undecodable}")
     try:
         obj = json.loads(line)
     except (ValueError, RecursionError) as e:
@@ -127,9 +142,10 @@ def parse_event(line: Union[str, bytes], source: str = "") -> Union[Event, DeadL
     if obj["type"] == IMPRESSION:
         position = obj.get("position")
         if position is not None and (
-            not isinstance(position, int) or isinstance(position, bool) or position < 0
+            not isinstance(position, int) or isinstance(position, bool)
+            or not 0 <= position <= INT64_MAX
         ):
-            return dead(WRONG_TYPE, "'position' must be an integer >= 0")
+            return dead(WRONG_TYPE, "'position' must be an integer in [0, 2^63)")
         if "features" not in obj:
             return dead(MISSING_FIELD, "impression without 'features'")
         features = obj["features"]

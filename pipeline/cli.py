@@ -62,6 +62,12 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from pipeline import demo
+
+    return demo.run_demo(args.work_dir, impressions=args.impressions, days=args.days)
+
+
 def cmd_serve(args) -> int:
     from serving import server
 
@@ -104,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Beam pipeline argument, repeatable (default --direct_num_workers=1)")
     p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
     p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("demo", help="simulate logs, run, serve and predict, end to end")
+    p.add_argument("--work-dir", default="demo")
+    p.add_argument("--impressions", type=int, default=50000)
+    p.add_argument("--days", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
 
     p = commands.add_parser("serve", help="serve pushed models over the TF Serving gRPC API")
     p.add_argument("--model-base", required=True,

@@ -70,6 +70,24 @@ class FeatureConfig:
     def is_scalar(self) -> bool:
         return self.kind != "multivalent"
 
+    def relevant_fields(self) -> Dict[str, Any]:
+        """The fields that affect this feature, for the YAML a user edits."""
+        fields = {"name": self.name, "kind": self.kind, "dtype": self.dtype}
+        if self.kind == "numeric":
+            fields["transform"] = self.transform
+            if self.transform == "buckets":
+                fields.update(num_buckets=self.num_buckets, embedding_dim=self.embedding_dim)
+            return fields
+        fields["encoding"] = self.encoding
+        if self.encoding == "hashing":
+            fields["hash_buckets"] = self.hash_buckets
+        else:
+            fields["vocab_size"] = self.vocab_size
+        fields["embedding_dim"] = self.embedding_dim
+        if self.kind == "multivalent":
+            fields["max_len"] = self.max_len
+        return fields
+
     @property
     def default_value(self):
         """What a missing value becomes, the same in training and serving."""
@@ -119,11 +137,20 @@ class SplitConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """Trainer settings. `bottom_units` is the shared bottom, `tower_units`
-    each task's tower."""
+    each task's tower.
 
-    train_steps: int = 2000
-    eval_steps: int = 100
-    batch_size: int = 512
+    By default training makes `epochs` passes over the train split and keeps
+    the weights of the epoch with the lowest eval loss (early stopping after
+    `early_stopping_patience` epochs without improvement): the number of
+    steps then follows the data size. `train_steps` / `eval_steps` fix the
+    step counts instead (the train data repeats as needed).
+    """
+
+    epochs: int = 5
+    early_stopping_patience: int = 1
+    train_steps: Optional[int] = None
+    eval_steps: Optional[int] = None
+    batch_size: int = 256
     learning_rate: float = 0.002
     bottom_units: List[int] = dataclasses.field(default_factory=lambda: [256, 128])
     tower_units: List[int] = dataclasses.field(default_factory=lambda: [64])
@@ -160,7 +187,11 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The config as a user edits it: each feature lists only the fields
+        that matter for its kind (the others keep their defaults)."""
+        raw = self.to_dict()
+        raw["features"] = [f.relevant_fields() for f in self.features]
+        return yaml.safe_dump(raw, sort_keys=False)
 
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -251,12 +282,17 @@ def _section(cls, raw, where: str):
     section = cls(**raw)
     for field in dataclasses.fields(cls):
         value = getattr(section, field.name)
-        if isinstance(value, list):
+        if value is None and field.default is None:
+            continue
+        if field.default is dataclasses.MISSING:  # a list (default_factory)
+            _expect(value, list, f"{where}.{field.name}")
             for i, unit in enumerate(value):
                 _positive(unit, f"{where}.{field.name}[{i}]")
         elif field.name == "learning_rate":
             _positive(value, f"{where}.{field.name}", (int, float))
-        elif field.name != "seed":
+        elif field.name == "seed":
+            _expect(value, int, f"{where}.{field.name}")
+        else:
             _positive(value, f"{where}.{field.name}")
     return section
 
@@ -285,6 +321,11 @@ def config_from_dict(raw: Dict[str, Any]) -> Config:
     clashes = sorted({f.name for f in features} & {t.label_key for t in tasks})
     if clashes:
         raise ConfigError(f"feature names clash with task label keys: {clashes}")
+    if not any(t.eval.min_auc is not None or t.eval.max_mse is not None for t in tasks):
+        # With no blessed model yet, change bounds have nothing to compare
+        # to, and TFMA never blesses a model that meets no bound at all.
+        raise ConfigError("tasks: at least one task needs an absolute bound (eval.min_auc or "
+                          "eval.max_mse), or no first model can be blessed")
     return Config(
         model_name=model_name,
         features=features,

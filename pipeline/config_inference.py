@@ -8,8 +8,9 @@ categorical ids, and every feedback type seen becomes one binary task.
 from __future__ import annotations
 
 import collections
+import logging
 import math
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 from components import log_contract, log_files
 from pipeline import config as config_lib
@@ -21,6 +22,7 @@ VOCABULARY_MAX_DISTINCT = 1000
 # feedback type, cheap on logs of any size.
 DEFAULT_SAMPLE_LINES = 200_000
 DEFAULT_LABEL_WINDOW_S = 3600
+MAX_TRACKED_DISTINCT = 1_000_000
 
 
 def embedding_dim(cardinality: int) -> int:
@@ -55,8 +57,8 @@ class _FeatureStats:
             self._add_distinct(value)
 
     def _add_distinct(self, value) -> None:
-        # Cardinality past the vocabulary limit only needs an estimate.
-        if len(self.distinct) <= 4 * VOCABULARY_MAX_DISTINCT * 64:
+        # Past this, cardinality only sizes hash buckets: a floor is enough.
+        if len(self.distinct) < MAX_TRACKED_DISTINCT:
             self.distinct.add(value)
 
 
@@ -81,10 +83,20 @@ def _categorical(name: str, dtype: str, distinct: int, kind: str = "categorical"
         max_len=max_len, **encoding)
 
 
-def _feature_config(name: str, stats: _FeatureStats) -> config_lib.FeatureConfig:
+def _feature_config(name: str, stats: _FeatureStats) -> Optional[config_lib.FeatureConfig]:
+    """The feature's config, or None when it cannot be used: always null, or
+    a list of fractional numbers, which is not a set of ids (the only kind of
+    list the model embeds)."""
     distinct = len(stats.distinct)
+    if not stats.kinds:
+        logging.warning("feature %r is null in every impression read: left out", name)
+        return None
     if stats.kinds["list"] >= sum(stats.kinds.values()) / 2:
         element_kinds = stats.list_element_kinds
+        if element_kinds["float"]:
+            logging.warning("feature %r is a list of fractional numbers: left out of the "
+                            "inferred config", name)
+            return None
         dtype = "string" if element_kinds["string"] or not element_kinds else "int64"
         return _categorical(name, dtype, distinct, kind="multivalent",
                             max_len=max(1, min(stats.max_list_len, 32)))
@@ -124,7 +136,9 @@ def infer_config_from_events(events: Iterable[log_contract.Event],
     for name in sorted(feature_stats):
         if name in config_lib.RESERVED_NAMES or name in ids:
             continue
-        features.append(_feature_config(name, feature_stats[name]))
+        feature = _feature_config(name, feature_stats[name])
+        if feature is not None:
+            features.append(feature)
     tasks = [
         config_lib.TaskConfig(name=_task_name(feedback), feedback=feedback,
                               label_window_s=DEFAULT_LABEL_WINDOW_S)

@@ -62,8 +62,8 @@ def create_pipeline(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps or 0),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps or 0),
         custom_config=custom_config)
 
     # Finds the last blessed model, the baseline of the change bounds.

@@ -72,17 +72,18 @@ def _outputs_by_node(store: mlmd.MetadataStore, since_execution_id: int):
 
 
 def _task_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
-    """Overall-slice metrics of the candidate model, per task (output)."""
+    """Overall-slice metrics per task (output): the candidate's under their
+    names, the last blessed model's (when there is one) as baseline_<name>."""
     metrics: Dict[str, Dict[str, float]] = collections.defaultdict(dict)
     for per_slice in tfma.load_metrics(evaluation_uri):
         if per_slice.slice_key.single_slice_keys:
             continue
         for kv in per_slice.metric_keys_and_values:
             key = kv.key
-            if key.is_diff or key.model_name not in ("", "candidate"):
+            if key.is_diff or not kv.value.HasField("double_value"):
                 continue
-            if kv.value.HasField("double_value"):
-                metrics[key.output_name][key.name] = round(kv.value.double_value.value, 5)
+            name = f"baseline_{key.name}" if key.model_name == "baseline" else key.name
+            metrics[key.output_name][name] = round(kv.value.double_value.value, 5)
     return dict(metrics)
 
 
@@ -110,31 +111,46 @@ def _find_truth_file(log_glob: str) -> Optional[str]:
 
 
 def truth_auc(truth_path: str, examples_uri: str, config: config_lib.Config
-              ) -> Dict[str, float]:
+              ) -> Dict[str, Dict[str, float]]:
     """AUC of the simulator's generating probabilities against the labels of
-    the eval split: the ceiling a perfect model would reach on these labels."""
+    the eval split, per binary task: `truth_auc` from p_<feedback> (the
+    ceiling for these labels) and, where the simulator gives it,
+    `truth_auc_no_position` from p_<feedback>_no_position (the ceiling for a
+    position-free model such as the served one)."""
     truth = {}
     with gzip.open(truth_path, "rt") as f:
         for line in f:
             row = json.loads(line)
             truth[(row["request_id"], row["item_id"])] = row
-    labels, probabilities = collections.defaultdict(list), collections.defaultdict(list)
+    columns = {}
+    for task in config.tasks:
+        if task.type == "binary":
+            columns[task.name] = {"truth_auc": f"p_{task.feedback}",
+                                  "truth_auc_no_position": f"p_{task.feedback}_no_position"}
+    labels = collections.defaultdict(list)
+    scores = collections.defaultdict(lambda: collections.defaultdict(list))
     files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*"))
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
-        example = tf.train.Example.FromString(record)
-        feature = example.features.feature
-        key = (feature[config_lib.REQUEST_ID].bytes_list.value[0].decode(),
-               feature[config_lib.ITEM_ID].bytes_list.value[0].decode())
-        row = truth.get(key)
+        feature = tf.train.Example.FromString(record).features.feature
+        row = truth.get((feature[config_lib.REQUEST_ID].bytes_list.value[0].decode(),
+                         feature[config_lib.ITEM_ID].bytes_list.value[0].decode()))
         if row is None:
             continue
         for task in config.tasks:
-            p_key = f"p_{task.feedback}"
-            if task.type == "binary" and p_key in row:
-                labels[task.name].append(feature[task.label_key].float_list.value[0])
-                probabilities[task.name].append(row[p_key])
-    return {task: round(float(roc_auc_score(labels[task], probabilities[task])), 5)
-            for task in labels if 0 < sum(labels[task]) < len(labels[task])}
+            if task.name not in columns or columns[task.name]["truth_auc"] not in row:
+                continue
+            labels[task.name].append(feature[task.label_key].float_list.value[0])
+            for metric, column in columns[task.name].items():
+                if column in row:
+                    scores[task.name][metric].append(row[column])
+    result = {}
+    for task, task_labels in labels.items():
+        if not 0 < sum(task_labels) < len(task_labels):
+            continue
+        result[task] = {metric: round(float(roc_auc_score(task_labels, values)), 5)
+                        for metric, values in scores[task].items()
+                        if len(values) == len(task_labels)}
+    return result
 
 
 def collect(metadata_path: str, since_execution_id: int, config: config_lib.Config,
@@ -170,8 +186,8 @@ def collect(metadata_path: str, since_execution_id: int, config: config_lib.Conf
         summary["validation_failures"] = _validation_failures(evaluation.uri)
     truth_path = _find_truth_file(log_glob)
     if truth_path and examples is not None:
-        for task, auc in truth_auc(truth_path, examples.uri, config).items():
-            summary["tasks"].setdefault(task, {})["truth_auc"] = auc
+        for task, aucs in truth_auc(truth_path, examples.uri, config).items():
+            summary["tasks"].setdefault(task, {}).update(aucs)
 
     blessing = _first(nodes, "Evaluator", "ModelBlessing")
     summary["blessed"] = bool(blessing is not None and _custom(blessing, "blessed") == 1)
@@ -196,17 +212,20 @@ def format_table(summary: dict) -> str:
         f"outside window {summary['feedback_outside_window']}",
         f"dead letters {summary['dead_letters'] or 'none'}",
         "",
-        f"{'task':<14}{'auc':>9}{'truth_auc':>11}{'loss':>9}{'mean_label':>12}{'examples':>10}",
+        f"{'task':<14}{'auc':>9}{'truth_auc':>11}{'no_pos':>9}{'loss':>9}{'mean_label':>12}"
+        f"{'examples':>10}",
     ]
     for task, metrics in summary["tasks"].items():
         def fmt(name, width):
             value = metrics.get(name)
             return f"{value:>{width}.4f}" if isinstance(value, float) else f"{'-':>{width}}"
         count = metrics.get("example_count")
-        lines.append(f"{task:<14}{fmt('auc', 9)}{fmt('truth_auc', 11)}"
+        lines.append(f"{task:<14}{fmt('auc', 9)}{fmt('truth_auc', 11)}{fmt('truth_auc_no_position', 9)}"
                      f"{fmt('binary_crossentropy', 9)}{fmt('mean_label', 12)}"
                      f"{int(count) if count is not None else '-':>10}")
-    lines.append("")
+    lines.append("truth_auc: the simulator's generating probabilities on the same labels; "
+                 "no_pos: the same without the position effect, which the served model "
+                 "does not see" if any("truth_auc" in m for m in summary["tasks"].values()) else "")
     for failure in summary["validation_failures"]:
         lines.append(f"validation failed: {failure}")
     lines.append(f"blessed {summary['blessed']}, pushed version {summary['pushed_version']}")

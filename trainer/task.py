@@ -15,15 +15,15 @@ from pipeline.keras_env import check_legacy_keras
 from serving import signatures
 from trainer.model import MultiTaskRankingModel
 
-EPOCHS = 5
-
-
 def input_fn(file_pattern, data_accessor, tf_transform_output, config: config_lib.Config,
-             batch_size: int) -> tf.data.Dataset:
-    """Batches of (transformed features, labels), repeated indefinitely."""
+             batch_size: int, repeat: bool) -> tf.data.Dataset:
+    """Batches of (transformed features, labels): one pass over the files, or
+    repeated indefinitely when training runs for a fixed number of steps."""
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle_seed=config.training.seed),
+        tfxio.TensorFlowDatasetOptions(
+            batch_size=batch_size, shuffle_seed=config.training.seed,
+            num_epochs=None if repeat else 1),
         tf_transform_output.transformed_metadata.schema)
     label_keys = set(config.label_keys)
 
@@ -57,23 +57,26 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     strategy = distribution_strategy()
     batch_size = config.training.batch_size * strategy.num_replicas_in_sync
+    training = config.training
+    fixed_steps = bool(fn_args.train_steps)
     train_ds = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
-                        config, batch_size)
+                        config, batch_size, repeat=fixed_steps)
     eval_ds = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
-                       config, batch_size)
+                       config, batch_size, repeat=bool(fn_args.eval_steps))
     with strategy.scope():
         model = build_model(config)
 
-    epochs = min(EPOCHS, fn_args.train_steps)
+    epochs = min(training.epochs, fn_args.train_steps) if fixed_steps else training.epochs
     model.fit(
         train_ds,
         epochs=epochs,
-        steps_per_epoch=max(1, fn_args.train_steps // epochs),
+        steps_per_epoch=max(1, fn_args.train_steps // epochs) if fixed_steps else None,
         validation_data=eval_ds,
         validation_steps=fn_args.eval_steps,
         callbacks=[
             tf.keras.callbacks.EarlyStopping(
-                monitor="val_total_loss", patience=2, restore_best_weights=True),
+                monitor="val_total_loss", patience=training.early_stopping_patience,
+                restore_best_weights=True),
             tf.keras.callbacks.TensorBoard(
                 log_dir=fn_args.model_run_dir, update_freq="epoch"),
         ],

@@ -1,0 +1,270 @@
+"""Tests of inferring a starting config from logs."""
+import gzip
+import json
+
+import pytest
+
+from components import labelling, log_contract
+from pipeline import config as config_lib
+from pipeline import config_inference as ci
+from pipeline.config import ConfigError
+
+
+def _imp(i, features, user=None, item=None):
+    return {"type": "impression", "ts": f"2024-03-01T10:{i // 60 % 60:02d}:{i % 60:02d}Z",
+            "request_id": f"r{i}", "user_id": user or f"u{i % 7}",
+            "item_id": item or f"i{i % 11}", "position": i % 5, "features": features}
+
+
+def _fb(type_, i):
+    return {"type": type_, "ts": "2024-03-01T11:00:00Z", "request_id": f"r{i}",
+            "user_id": f"u{i % 7}", "item_id": f"i{i % 11}"}
+
+
+def _write(path, events, extra_lines=(), compress=True):
+    data = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    data += b"".join(line + b"\n" for line in extra_lines)
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+    return str(path)
+
+
+N = 40
+MANY = ci.VOCABULARY_MAX_DISTINCT + 1
+
+
+def _sample_events():
+    events = []
+    for i in range(N):
+        features = {
+            "country": ["DE", "FR", "US"][i % 3],  # few distinct strings
+            "age": 20 + i,  # always ints
+            "price": 9.5 if i == 5 else 10,  # one float among ints
+            "tags": ["t%d" % j for j in range(i % 4)],  # lists of strings, longest 3
+            "cats": [i, i + 1],  # lists of ints
+            "hour": None if i % 2 else i % 24,  # some nulls
+            "position": 3,  # reserved: never a feature
+        }
+        events.append(_imp(i, features))
+    events += [_fb("click", i) for i in range(0, N, 2)]
+    events += [_fb("purchase", i) for i in range(0, N, 10)]
+    events += [_fb("add-to-cart", 1)]
+    return events
+
+
+DEAD_LINES = [
+    b"not json at all",
+    b"[1, 2]",
+    # Dead-lettered (missing user_id): its feature and feedback type must be ignored.
+    json.dumps({"type": "impression", "ts": "2024-03-01T10:00:00Z", "request_id": "x",
+                "item_id": "i", "features": {"ghost": "boo"}}).encode(),
+    json.dumps({"type": "ghost_feedback", "ts": "bad", "request_id": "x",
+                "user_id": "u", "item_id": "i"}).encode(),
+]
+
+
+@pytest.fixture(scope="module")
+def inferred(tmp_path_factory):
+    path = tmp_path_factory.mktemp("logs") / "logs.jsonl.gz"
+    _write(path, _sample_events(), DEAD_LINES)
+    return ci.infer_config(str(path), model_name="inferred")
+
+
+def test_model_name(inferred):
+    assert inferred.model_name == "inferred"
+
+
+def test_feature_set(inferred):
+    names = [f.name for f in inferred.features]
+    assert names[:2] == ["user_id", "item_id"]
+    assert set(names) == {"user_id", "item_id", "country", "age", "price", "tags", "cats",
+                          "hour"}
+    assert "position" not in names and "ghost" not in names
+
+
+def test_strings_with_few_values_get_a_vocabulary(inferred):
+    country = inferred.feature("country")
+    assert (country.kind, country.dtype, country.encoding) == ("categorical", "string",
+                                                              "vocabulary")
+    assert country.vocab_size == 3
+
+
+def test_strings_with_many_values_are_hashed(tmp_path):
+    events = [_imp(i, {"query": f"q{i}"}) for i in range(MANY)] + [_fb("click", 0)]
+    config = ci.infer_config(_write(tmp_path / "l.gz", events))
+    query = config.feature("query")
+    assert (query.kind, query.dtype, query.encoding) == ("categorical", "string", "hashing")
+    assert query.hash_buckets >= 2 * MANY
+
+
+def test_exactly_the_vocabulary_limit_still_gets_a_vocabulary(tmp_path):
+    n = ci.VOCABULARY_MAX_DISTINCT
+    events = [_imp(i, {"query": f"q{i}"}) for i in range(n)] + [_fb("click", 0)]
+    query = ci.infer_config(_write(tmp_path / "l.gz", events)).feature("query")
+    assert query.encoding == "vocabulary" and query.vocab_size == n
+
+
+def test_all_int_numbers_are_numeric_int64(inferred):
+    age = inferred.feature("age")
+    assert (age.kind, age.dtype) == ("numeric", "int64")
+    hour = inferred.feature("hour")  # nulls do not change the kind
+    assert (hour.kind, hour.dtype) == ("numeric", "int64")
+
+
+def test_any_float_makes_numeric_float(inferred):
+    price = inferred.feature("price")
+    assert (price.kind, price.dtype) == ("numeric", "float")
+
+
+def test_list_of_strings_is_multivalent_string_with_longest_len(inferred):
+    tags = inferred.feature("tags")
+    assert (tags.kind, tags.dtype) == ("multivalent", "string")
+    assert tags.max_len == 3  # lists of 0..3 values
+
+
+def test_list_of_ints_is_multivalent_int64(inferred):
+    cats = inferred.feature("cats")
+    assert (cats.kind, cats.dtype) == ("multivalent", "int64")
+    assert cats.max_len == 2
+    assert cats.encoding == "hashing"  # integer ids are hashed, never a vocabulary
+    assert cats.hash_buckets >= 2 * (N + 1)  # N+1 distinct ids: 0..N
+
+
+def test_multivalent_max_len_capped_at_32(tmp_path):
+    events = [_imp(0, {"words": [f"w{j}" for j in range(50)]}),
+              _imp(1, {"words": ["a"]}), _fb("click", 0)]
+    words = ci.infer_config(_write(tmp_path / "l.gz", events)).feature("words")
+    assert words.kind == "multivalent" and words.max_len == 32
+
+
+def test_ids_are_hashed_with_room(inferred):
+    for name, distinct in (("user_id", 7), ("item_id", 11)):
+        feature = inferred.feature(name)
+        assert (feature.kind, feature.dtype, feature.encoding) == (
+            "categorical", "string", "hashing")
+        assert feature.hash_buckets >= 2 * distinct
+
+
+def test_ids_with_many_values(tmp_path):
+    n = 300
+    events = [_imp(i, {}, user=f"user{i}", item=f"item{i % 150}") for i in range(n)]
+    config = ci.infer_config(_write(tmp_path / "l.gz", events + [_fb("click", 0)]))
+    assert config.feature("user_id").hash_buckets >= 2 * n
+    assert config.feature("item_id").hash_buckets >= 2 * 150
+    assert config.feature("user_id").hash_buckets > config.feature("item_id").hash_buckets
+
+
+def test_one_binary_task_per_feedback_type(inferred):
+    tasks = {t.feedback: t for t in inferred.tasks}
+    assert set(tasks) == {"click", "purchase", "add-to-cart"}
+    assert all(t.type == "binary" for t in tasks.values())
+    assert all(t.label_window_s == ci.DEFAULT_LABEL_WINDOW_S for t in tasks.values())
+    assert tasks["click"].name == "click"
+    assert tasks["add-to-cart"].name == "add_to_cart"
+    # Most frequent feedback first.
+    assert [t.feedback for t in inferred.tasks] == ["click", "purchase", "add-to-cart"]
+
+
+def test_dead_letter_lines_are_ignored(inferred, tmp_path):
+    clean = ci.infer_config(_write(tmp_path / "clean.gz", _sample_events()),
+                            model_name="inferred")
+    assert clean == inferred
+
+
+def test_no_impressions_is_an_error(tmp_path):
+    path = _write(tmp_path / "l.gz", [_fb("click", i) for i in range(3)], DEAD_LINES)
+    with pytest.raises(ConfigError, match="impression"):
+        ci.infer_config(path)
+
+
+def test_no_feedback_is_an_error(tmp_path):
+    path = _write(tmp_path / "l.gz", [_imp(i, {"a": 1}) for i in range(3)], DEAD_LINES)
+    with pytest.raises(ConfigError, match="feedback"):
+        ci.infer_config(path)
+
+
+def test_no_files_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        ci.infer_config(str(tmp_path / "*.gz"))
+
+
+def test_reads_plain_and_gzip_files_of_a_directory(tmp_path):
+    _write(tmp_path / "a.jsonl", [_imp(0, {"plain": 1})], compress=False)
+    _write(tmp_path / "b.data", [_imp(1, {"zipped": "x"}), _fb("click", 1)])
+    config = ci.infer_config(str(tmp_path))
+    assert config.feature("plain").kind == "numeric"
+    assert config.feature("zipped").kind == "categorical"
+
+
+def test_sample_lines_limits_what_is_read(tmp_path):
+    events = [_imp(0, {"a": 1}), _fb("click", 0), _imp(1, {"late": "x"}), _fb("like", 1)]
+    path = _write(tmp_path / "l.gz", events)
+    config = ci.infer_config(path, sample_lines=2)
+    assert [f.name for f in config.features] == ["user_id", "item_id", "a"]
+    assert [t.feedback for t in config.tasks] == ["click"]
+
+
+def test_inferred_config_passes_validation_and_round_trips(inferred):
+    again = config_lib.config_from_dict(inferred.to_dict())
+    assert again == inferred
+    assert config_lib.config_from_json(inferred.to_json()) == inferred
+
+
+def test_every_sampled_impression_converts_with_the_inferred_config(inferred):
+    # An inferred config must accept the logs it came from.
+    for event in _sample_events():
+        parsed = log_contract.parse_event(json.dumps(event))
+        assert isinstance(parsed, log_contract.Event)
+        if parsed.is_impression:
+            result = labelling.to_impression(inferred, parsed, "line")
+            assert isinstance(result, labelling.Impression), result.detail
+
+
+def test_list_of_fractional_numbers_is_left_out(tmp_path):
+    # Lists are sets of ids (string or int64); a multivalent int64 feature
+    # would dead-letter every impression holding 0.5, so the feature is dropped.
+    events = [_imp(i, {"scores": [0.5 + i, 1.25], "n": i}) for i in range(3)] + [
+        _fb("click", 0)]
+    config = ci.infer_config(_write(tmp_path / "l.gz", events))
+    assert [f.name for f in config.features] == ["user_id", "item_id", "n"]
+    for event in events[:3]:
+        parsed = log_contract.parse_event(json.dumps(event))
+        assert isinstance(labelling.to_impression(config, parsed, "line"),
+                          labelling.Impression)
+
+
+def test_inferred_config_survives_the_yaml_a_user_edits(inferred, tmp_path):
+    path = str(tmp_path / "config.yaml")
+    config_lib.save_config(inferred, path)
+    assert config_lib.load_config(path) == inferred
+
+
+# --- helpers ----------------------------------------------------------------
+
+CARDINALITIES = [0, 1, 2, 3, 10, 31, 32, 33, 100, 1000, 5000, 10**5, 10**6, 10**9]
+
+
+def test_embedding_dim_monotone_and_bounded():
+    dims = [ci.embedding_dim(c) for c in CARDINALITIES + list(range(0, 5000, 7))]
+    assert all(4 <= d <= 32 for d in dims)
+    ordered = [ci.embedding_dim(c) for c in sorted(set(CARDINALITIES + list(range(0, 5000, 7))))]
+    assert ordered == sorted(ordered)
+    assert ci.embedding_dim(0) == 4 and ci.embedding_dim(10**9) == 32
+    # About 6 * c^(1/4): 6 * 10000^(1/4) = 60 -> capped; 6 * 16^(1/4) = 12.
+    assert ci.embedding_dim(16) == 12
+    assert all(isinstance(d, int) for d in dims)
+
+
+def test_hash_buckets_monotone_power_of_two_and_at_least_twice():
+    values = list(range(0, 3000)) + [10**5, 10**6]
+    buckets = [ci.hash_buckets(d) for d in values]
+    assert buckets == sorted(buckets)
+    for distinct, b in zip(values, buckets):
+        assert b >= 64
+        assert b >= 2 * distinct
+        assert b & (b - 1) == 0  # a power of two
+        assert b < 4 * distinct or b == 64  # not more than needed
+    assert ci.hash_buckets(0) == 64 and ci.hash_buckets(33) == 128

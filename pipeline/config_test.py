@@ -1,0 +1,334 @@
+"""Tests of config loading and validation: every error names its field."""
+import copy
+import json
+
+import pytest
+import yaml
+
+from pipeline import config as config_lib
+from pipeline.config import ConfigError
+
+VALID_YAML = """\
+model_name: shop_ranker
+features:
+  - {name: user_id, kind: categorical, dtype: string, hash_buckets: 4096, embedding_dim: 16}
+  - {name: item_id, kind: categorical, dtype: string}
+  - {name: country, kind: categorical, dtype: string, encoding: vocabulary, vocab_size: 50}
+  - {name: price, kind: numeric, dtype: float, transform: log}
+  - {name: age, kind: numeric, dtype: int64, transform: buckets, num_buckets: 5}
+  - {name: tags, kind: multivalent, dtype: string, max_len: 4}
+tasks:
+  - name: click
+    feedback: click
+    label_window_s: 1800
+  - name: revenue
+    feedback: purchase
+    type: regression
+    label_window_s: 86400
+    loss_weight: 0.5
+    eval: {min_auc: null, max_auc_drop: null, max_mse: 100.0, max_mse_increase: 5}
+split: {eval_days: 2}
+training:
+  train_steps: 10
+  batch_size: 32
+  learning_rate: 0.01
+  bottom_units: [32, 16]
+  tower_units: [8]
+  seed: 3
+"""
+
+
+def _raw():
+    return yaml.safe_load(VALID_YAML)
+
+
+def _error(raw):
+    with pytest.raises(ConfigError) as info:
+        config_lib.config_from_dict(raw)
+    return str(info.value)
+
+
+def _with_feature(**fields):
+    raw = _raw()
+    raw["features"][3] = dict(raw["features"][3], **fields)  # the "price" feature
+    return raw
+
+
+def _with_task(**fields):
+    raw = _raw()
+    raw["tasks"][0] = dict(raw["tasks"][0], **fields)  # the "click" task
+    return raw
+
+
+# --- valid configs ----------------------------------------------------------
+
+
+def test_valid_yaml_loads(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(VALID_YAML)
+    config = config_lib.load_config(str(path))
+    assert config.model_name == "shop_ranker"
+    assert [f.name for f in config.features] == [
+        "user_id", "item_id", "country", "price", "age", "tags"]
+    assert config.feature("user_id").hash_buckets == 4096
+    assert config.feature("user_id").embedding_dim == 16
+    assert config.feature("item_id").hash_buckets == config_lib.FeatureConfig(
+        "x", "categorical", "string").hash_buckets  # the default
+    assert config.feature("country").encoding == "vocabulary"
+    assert config.feature("price").transform == "log"
+    assert config.feature("age").num_buckets == 5
+    assert config.feature("tags").max_len == 4 and not config.feature("tags").is_scalar
+    click, revenue = config.tasks
+    assert (click.name, click.feedback, click.type, click.label_window_s) == (
+        "click", "click", "binary", 1800)
+    assert click.eval == config_lib.EvalBounds()
+    assert revenue.type == "regression" and revenue.loss_weight == 0.5
+    assert revenue.eval.max_mse == 100.0 and revenue.eval.min_auc is None
+    assert config.label_keys == ["click_label", "revenue_label"]
+    assert config.max_label_window_s == 86400
+    assert config.split.eval_days == 2
+    assert config.training.bottom_units == [32, 16]
+    # Fields the YAML leaves out keep their defaults.
+    assert config.training.eval_steps == config_lib.TrainingConfig().eval_steps
+    assert config.training.train_steps == 10
+    assert config.training.seed == 3
+
+
+def test_feature_lookup_of_unknown_name_raises_key_error():
+    config = config_lib.config_from_dict(_raw())
+    with pytest.raises(KeyError):
+        config.feature("nope")
+
+
+def test_minimal_config_gets_defaults():
+    config = config_lib.config_from_dict({
+        "model_name": "m",
+        "features": [{"name": "f", "kind": "numeric", "dtype": "float"}],
+        "tasks": [{"name": "t", "feedback": "click"}],
+    })
+    assert config.split == config_lib.SplitConfig()
+    assert config.training == config_lib.TrainingConfig()
+    assert config.tasks[0].type == "binary"
+
+
+def test_default_values_by_dtype():
+    assert config_lib.FeatureConfig("a", "categorical", "string").default_value == ""
+    assert config_lib.FeatureConfig("a", "numeric", "int64").default_value == 0
+    assert config_lib.FeatureConfig("a", "numeric", "float").default_value == 0.0
+
+
+def test_dict_round_trip():
+    config = config_lib.config_from_dict(_raw())
+    assert config_lib.config_from_dict(config.to_dict()) == config
+
+
+def test_json_round_trip():
+    config = config_lib.config_from_dict(_raw())
+    text = config.to_json()
+    json.loads(text)  # plain JSON
+    assert config_lib.config_from_json(text) == config
+
+
+def test_yaml_save_and_load_round_trip(tmp_path):
+    config = config_lib.config_from_dict(_raw())
+    path = str(tmp_path / "saved.yaml")
+    config_lib.save_config(config, path)
+    assert config_lib.load_config(path) == config
+
+
+def test_round_trip_detects_a_difference():
+    # Guards the round-trip tests: equality is not vacuous.
+    a = config_lib.config_from_dict(_raw())
+    b = config_lib.config_from_dict(_with_task(label_window_s=1801))
+    assert a != b
+
+
+def test_validation_does_not_mutate_input():
+    raw = _raw()
+    before = copy.deepcopy(raw)
+    config_lib.config_from_dict(raw)
+    assert raw == before
+
+
+# --- errors name the field --------------------------------------------------
+
+
+def _set(path, value, delete=False):
+    """A valid raw config with `path` (a tuple of keys / indices) set or deleted."""
+    raw = _raw()
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    if delete:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    # Unknown fields.
+    (("colour",), "red", "config: unknown field(s) ['colour']"),
+    (("features", 3, "bucketz"), 3, "features[3]: unknown field(s) ['bucketz']"),
+    (("tasks", 1, "windw"), 3, "tasks[1]: unknown field(s) ['windw']"),
+    (("tasks", 1, "eval", "min_aucc"), 0.5, "tasks[revenue].eval: unknown field(s) ['min_aucc']"),
+    (("split", "eval_weeks"), 1, "split: unknown field(s) ['eval_weeks']"),
+    (("training", "num_epochs"), 1, "training: unknown field(s) ['num_epochs']"),
+    # Bad choices.
+    (("features", 3, "kind"), "dense", "features[price].kind"),
+    (("features", 3, "dtype"), "double", "features[price].dtype"),
+    (("features", 2, "encoding"), "onehot", "features[country].encoding"),
+    (("features", 3, "transform"), "sqrt", "features[price].transform"),
+    (("tasks", 0, "type"), "multiclass", "tasks[click].type"),
+    # Non-positive sizes.
+    (("features", 0, "hash_buckets"), 0, "features[user_id].hash_buckets"),
+    (("features", 2, "vocab_size"), -5, "features[country].vocab_size"),
+    (("features", 0, "embedding_dim"), 0, "features[user_id].embedding_dim"),
+    (("features", 4, "num_buckets"), 0, "features[age].num_buckets"),
+    (("features", 5, "max_len"), -1, "features[tags].max_len"),
+    (("tasks", 0, "label_window_s"), 0, "tasks[click].label_window_s"),
+    (("split", "eval_days"), 0, "split.eval_days"),
+    (("training", "train_steps"), -1, "training.train_steps"),
+    (("training", "batch_size"), 0, "training.batch_size"),
+    (("training", "learning_rate"), 0.0, "training.learning_rate"),
+    (("training", "bottom_units"), [32, 0], "training.bottom_units[1]"),
+    (("training", "tower_units"), [-8], "training.tower_units[0]"),
+    # Wrong types, bool where an int is expected.
+    (("features", 0, "hash_buckets"), True, "features[user_id].hash_buckets"),
+    (("features", 0, "hash_buckets"), "1000", "features[user_id].hash_buckets"),
+    (("features", 0, "embedding_dim"), 8.0, "features[user_id].embedding_dim"),
+    (("tasks", 0, "label_window_s"), True, "tasks[click].label_window_s"),
+    (("split", "eval_days"), True, "split.eval_days"),
+    (("training", "batch_size"), False, "training.batch_size"),
+    (("training", "learning_rate"), True, "training.learning_rate"),
+    (("training", "learning_rate"), "fast", "training.learning_rate"),
+    (("training", "bottom_units"), [32, True], "training.bottom_units[1]"),
+    (("tasks", 0, "loss_weight"), "heavy", "tasks[click].loss_weight"),
+    (("tasks", 0, "loss_weight"), True, "tasks[click].loss_weight"),
+    (("tasks", 0, "loss_weight"), -0.5, "tasks[click].loss_weight"),
+    (("tasks", 1, "eval", "max_mse"), "big", "tasks[revenue].eval.max_mse"),
+    (("tasks", 1, "eval", "min_auc"), True, "tasks[revenue].eval.min_auc"),
+    (("tasks", 0, "feedback"), 5, "tasks[click].feedback"),
+    (("features", 3, "name"), 5, "features[3].name"),
+    (("tasks", 0, "name"), ["click"], "tasks[0].name"),
+    (("model_name",), 7, "model_name"),
+    (("model_name",), "has space", "model_name"),
+    (("features", 3, "name"), "bad-name", "features[bad-name].name"),
+    (("tasks", 0, "name"), "1click", "tasks[1click].name"),
+    (("features",), {"name": "x"}, "features"),
+    (("tasks",), "click", "tasks"),
+    (("features",), [], "features"),
+    (("tasks",), [], "tasks"),
+    (("features", 3), "price", "features[3]: expected a mapping"),
+    (("split",), 5, "split: expected a mapping"),
+    (("tasks", 0, "eval"), [0.5], "tasks[click].eval: expected a mapping"),
+    # Reserved names.
+    (("features", 3, "name"), "position", "features[position].name"),
+    (("features", 3, "name"), "request_id", "features[request_id].name"),
+    (("features", 3, "name"), "impression_ts", "features[impression_ts].name"),
+    # Kind / dtype combinations.
+    (("features", 3, "dtype"), "string", "features[price]: a numeric feature"),
+    (("features", 5, "dtype"), "float", "features[tags]: a multivalent feature"),
+])
+def test_error_names_the_field(path, value, expected):
+    message = _error(_set(path, value))
+    assert expected in message, message
+
+
+@pytest.mark.parametrize("path, expected", [
+    (("model_name",), "config: missing required field 'model_name'"),
+    (("features",), "config: missing required field 'features'"),
+    (("tasks",), "config: missing required field 'tasks'"),
+    (("features", 3, "name"), "features[3]: missing required field 'name'"),
+    (("features", 3, "kind"), "features[3]: missing required field 'kind'"),
+    (("features", 3, "dtype"), "features[3]: missing required field 'dtype'"),
+    (("tasks", 1, "name"), "tasks[1]: missing required field 'name'"),
+    (("tasks", 1, "feedback"), "tasks[1]: missing required field 'feedback'"),
+])
+def test_missing_required_field(path, expected):
+    message = _error(_set(path, None, delete=True))
+    assert expected in message, message
+
+
+def test_duplicate_feature_names():
+    raw = _raw()
+    raw["features"].append({"name": "price", "kind": "numeric", "dtype": "int64"})
+    message = _error(raw)
+    assert "feature names must be unique" in message and "price" in message
+
+
+def test_duplicate_task_names():
+    raw = _raw()
+    raw["tasks"].append({"name": "click", "feedback": "like"})
+    message = _error(raw)
+    assert "task names must be unique" in message and "click" in message
+
+
+def test_feature_clashing_with_a_label_key():
+    raw = _raw()
+    raw["features"].append({"name": "click_label", "kind": "numeric", "dtype": "float"})
+    message = _error(raw)
+    assert "click_label" in message
+
+
+def test_optional_step_counts_may_be_null():
+    config = config_lib.config_from_dict(
+        _set(("training",), {"train_steps": None, "eval_steps": None}))
+    assert config.training.train_steps is None and config.training.eval_steps is None
+    assert "training.train_steps" in _error(_set(("training", "train_steps"), 0))
+    # Only fields whose default is null may be null.
+    assert "training.batch_size" in _error(_set(("training", "batch_size"), None))
+
+
+def test_top_level_not_a_mapping():
+    assert "config: expected a mapping" in _error(["model_name", "m"])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("bottom_units", 128), ("tower_units", 64), ("seed", "abc"), ("seed", 1.5),
+])
+def test_training_field_types_are_checked(field, value):
+    assert f"training.{field}" in _error(_set(("training", field), value))
+
+
+# --- load_config ------------------------------------------------------------
+
+
+def test_load_config_prefixes_the_path(tmp_path):
+    raw = _set(("features", 3, "kind"), "dense")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        config_lib.load_config(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert "features[price].kind" in message
+
+
+def test_load_invalid_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model_name: m\nfeatures: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        config_lib.load_config(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert "not valid YAML" in message
+
+
+def test_load_empty_file(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as info:
+        config_lib.load_config(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert "missing required field 'model_name'" in message
+
+
+def test_load_missing_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        config_lib.load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
