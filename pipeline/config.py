@@ -191,6 +191,9 @@ class Config:
         that matter for its kind (the others keep their defaults)."""
         raw = self.to_dict()
         raw["features"] = [f.relevant_fields() for f in self.features]
+        for task in raw["tasks"]:
+            task["eval"] = {k: v for k, v in task["eval"].items()
+                            if k.startswith("max_mse") == (task["type"] == "regression")}
         return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -267,8 +270,17 @@ def _task_from_dict(raw: Dict[str, Any], where: str) -> TaskConfig:
     for key, value in eval_raw.items():
         if value is not None:
             _expect(value, (int, float), f"{where}.eval.{key}")
-    task = TaskConfig(**raw, eval=EvalBounds(**eval_raw))
-    _one_of(task.type, TASK_TYPES, f"{where}.type")
+    task_type = _one_of(raw.get("type", "binary"), TASK_TYPES, f"{where}.type")
+    # Each type has its own bounds; the other type's are None (not defaults
+    # that look as if they applied).
+    own, other = (("min_auc", "max_auc_drop"), ("max_mse", "max_mse_increase"))[
+        ::1 if task_type == "binary" else -1]
+    for key in other:
+        if eval_raw.get(key) is not None:
+            raise ConfigError(f"{where}.eval.{key}: does not apply to a {task_type} task "
+                              f"(use {' / '.join(own)})")
+    bounds = dataclasses.replace(EvalBounds(**eval_raw), **{key: None for key in other})
+    task = TaskConfig(**raw, eval=bounds)
     _positive(task.label_window_s, f"{where}.label_window_s")
     _expect(task.loss_weight, (int, float), f"{where}.loss_weight")
     if task.loss_weight < 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 from components import log_contract, log_files
 from pipeline import config as config_lib
@@ -21,8 +21,19 @@ VOCABULARY_MAX_DISTINCT = 1000
 # Inference reads at most this many lines: enough to see every feature and
 # feedback type, cheap on logs of any size.
 DEFAULT_SAMPLE_LINES = 200_000
-DEFAULT_LABEL_WINDOW_S = 3600
 MAX_TRACKED_DISTINCT = 1_000_000
+# An integer feature with at most this many values is an id (hour of day, day
+# of week, a small enum): embedded per value, since its effect need not be
+# monotone.
+INTEGER_ID_MAX_DISTINCT = 32
+# A non-negative number whose largest value is this many times its median
+# (prices, counts, durations) is log-transformed before the z-score.
+LOG_SKEW_RATIO = 10.0
+# Label windows are rounded up to one of these (seconds): a window a person
+# can read and reason about.
+STANDARD_WINDOWS_S = (60, 300, 900, 1800, 3600, 7200, 21600, 43200, 86400, 172800, 604800)
+# The window covers this quantile of the observed feedback delays.
+WINDOW_QUANTILE = 0.99
 
 
 def embedding_dim(cardinality: int) -> int:
@@ -42,6 +53,7 @@ class _FeatureStats:
         self.list_element_kinds = collections.Counter()
         self.distinct = set()
         self.max_list_len = 0
+        self.numbers = []  # scalar numeric values, for the skew of numeric features
 
     def add(self, value) -> None:
         if value is None:
@@ -55,6 +67,8 @@ class _FeatureStats:
         else:
             self.kinds[_scalar_kind(value)] += 1
             self._add_distinct(value)
+            if not isinstance(value, str):
+                self.numbers.append(value)
 
     def _add_distinct(self, value) -> None:
         # Past this, cardinality only sizes hash buckets: a floor is enough.
@@ -74,7 +88,7 @@ def _numeric_dtype(kinds: collections.Counter) -> str:
 
 def _categorical(name: str, dtype: str, distinct: int, kind: str = "categorical",
                  max_len: int = 8) -> config_lib.FeatureConfig:
-    if distinct <= VOCABULARY_MAX_DISTINCT and dtype == "string":
+    if distinct <= VOCABULARY_MAX_DISTINCT:
         encoding = dict(encoding="vocabulary", vocab_size=max(distinct, 1))
     else:
         encoding = dict(encoding="hashing", hash_buckets=hash_buckets(distinct))
@@ -102,8 +116,23 @@ def _feature_config(name: str, stats: _FeatureStats) -> Optional[config_lib.Feat
                             max_len=max(1, min(stats.max_list_len, 32)))
     if stats.kinds["string"] >= sum(stats.kinds.values()) / 2:
         return _categorical(name, "string", distinct)
+    dtype = _numeric_dtype(stats.kinds)
+    if dtype == "int64" and distinct <= INTEGER_ID_MAX_DISTINCT:
+        return _categorical(name, "int64", distinct)
+    numbers = sorted(stats.numbers)
+    median = numbers[len(numbers) // 2]
+    skewed = numbers[0] >= 0 and numbers[-1] > LOG_SKEW_RATIO * max(median, 1e-9)
     return config_lib.FeatureConfig(
-        name=name, kind="numeric", dtype=_numeric_dtype(stats.kinds), transform="zscore")
+        name=name, kind="numeric", dtype=dtype, transform="log" if skewed else "zscore")
+
+
+def label_window_s(delays_s: List[float]) -> int:
+    """The smallest standard window covering WINDOW_QUANTILE of the delays."""
+    if not delays_s:
+        return 3600
+    delays_s = sorted(delays_s)
+    covered = delays_s[max(0, math.ceil(WINDOW_QUANTILE * len(delays_s)) - 1)]
+    return next((w for w in STANDARD_WINDOWS_S if w >= covered), STANDARD_WINDOWS_S[-1])
 
 
 def infer_config_from_events(events: Iterable[log_contract.Event],
@@ -112,12 +141,16 @@ def infer_config_from_events(events: Iterable[log_contract.Event],
     feature_stats: Dict[str, _FeatureStats] = collections.defaultdict(_FeatureStats)
     ids = {config_lib.USER_ID: set(), config_lib.ITEM_ID: set()}
     feedback_types = collections.Counter()
+    impression_ts: Dict[tuple, int] = {}
+    feedback_ts = []
     impressions = 0
     for event in events:
         if not event.is_impression:
             feedback_types[event.type] += 1
+            feedback_ts.append((event.type, event.key, event.ts))
             continue
         impressions += 1
+        impression_ts[event.key] = event.ts
         ids[config_lib.USER_ID].add(event.user_id)
         ids[config_lib.ITEM_ID].add(event.item_id)
         for name, value in event.features.items():
@@ -139,9 +172,13 @@ def infer_config_from_events(events: Iterable[log_contract.Event],
         feature = _feature_config(name, feature_stats[name])
         if feature is not None:
             features.append(feature)
+    delays = collections.defaultdict(list)
+    for feedback, key, ts in feedback_ts:
+        if key in impression_ts and ts >= impression_ts[key]:
+            delays[feedback].append((ts - impression_ts[key]) / 1e6)
     tasks = [
         config_lib.TaskConfig(name=_task_name(feedback), feedback=feedback,
-                              label_window_s=DEFAULT_LABEL_WINDOW_S)
+                              label_window_s=label_window_s(delays[feedback]))
         for feedback, _ in feedback_types.most_common()
     ]
     # Round-trip through validation so an inferred config obeys every rule a

@@ -108,10 +108,14 @@ def test_exactly_the_vocabulary_limit_still_gets_a_vocabulary(tmp_path):
 
 
 def test_all_int_numbers_are_numeric_int64(inferred):
-    age = inferred.feature("age")
+    age = inferred.feature("age")  # 40 distinct values: a quantity, not an id
     assert (age.kind, age.dtype) == ("numeric", "int64")
-    hour = inferred.feature("hour")  # nulls do not change the kind
-    assert (hour.kind, hour.dtype) == ("numeric", "int64")
+
+
+def test_few_distinct_ints_are_categorical_ids(inferred):
+    hour = inferred.feature("hour")  # 12 distinct values; nulls do not change the kind
+    assert (hour.kind, hour.dtype, hour.encoding) == ("categorical", "int64", "vocabulary")
+    assert hour.vocab_size == 12
 
 
 def test_any_float_makes_numeric_float(inferred):
@@ -129,8 +133,8 @@ def test_list_of_ints_is_multivalent_int64(inferred):
     cats = inferred.feature("cats")
     assert (cats.kind, cats.dtype) == ("multivalent", "int64")
     assert cats.max_len == 2
-    assert cats.encoding == "hashing"  # integer ids are hashed, never a vocabulary
-    assert cats.hash_buckets >= 2 * (N + 1)  # N+1 distinct ids: 0..N
+    assert cats.encoding == "vocabulary"  # N+1 distinct ids: 0..N, few enough
+    assert cats.vocab_size == N + 1
 
 
 def test_multivalent_max_len_capped_at_32(tmp_path):
@@ -161,7 +165,9 @@ def test_one_binary_task_per_feedback_type(inferred):
     tasks = {t.feedback: t for t in inferred.tasks}
     assert set(tasks) == {"click", "purchase", "add-to-cart"}
     assert all(t.type == "binary" for t in tasks.values())
-    assert all(t.label_window_s == ci.DEFAULT_LABEL_WINDOW_S for t in tasks.values())
+    # Feedback at 11:00 for impressions between 10:00 and 10:00:39: delays
+    # just under an hour, so the one-hour standard window.
+    assert all(t.label_window_s == 3600 for t in tasks.values())
     assert tasks["click"].name == "click"
     assert tasks["add-to-cart"].name == "add_to_cart"
     # Most frequent feedback first.
@@ -195,7 +201,7 @@ def test_reads_plain_and_gzip_files_of_a_directory(tmp_path):
     _write(tmp_path / "a.jsonl", [_imp(0, {"plain": 1})], compress=False)
     _write(tmp_path / "b.data", [_imp(1, {"zipped": "x"}), _fb("click", 1)])
     config = ci.infer_config(str(tmp_path))
-    assert config.feature("plain").kind == "numeric"
+    assert config.feature("plain").dtype == "int64"
     assert config.feature("zipped").kind == "categorical"
 
 
@@ -268,3 +274,30 @@ def test_hash_buckets_monotone_power_of_two_and_at_least_twice():
         assert b & (b - 1) == 0  # a power of two
         assert b < 4 * distinct or b == 64  # not more than needed
     assert ci.hash_buckets(0) == 64 and ci.hash_buckets(33) == 128
+
+
+@pytest.mark.parametrize("delays, window", [
+    ([10.0] * 99 + [10_000.0], 60),       # the 1% tail does not stretch the window
+    ([100.0] * 50 + [250.0] * 50, 300),
+    ([3 * 3600.0] * 10, 6 * 3600),
+    ([30 * 86400.0], 604800),             # beyond every standard window: the largest
+    ([], 3600),                           # nothing observed: one hour
+])
+def test_label_window_covers_99_percent_of_delays(delays, window):
+    assert ci.label_window_s(delays) == window
+
+
+def test_skewed_non_negative_numbers_get_log_transform(tmp_path):
+    events = [_imp(i, {"price": 1.0 + (i % 5) if i else 500.0, "temp": -5.5 + i})
+              for i in range(30)] + [_fb("click", 0)]
+    config = ci.infer_config(_write(tmp_path / "l.gz", events))
+    assert config.feature("price").transform == "log"   # max 500 > 10 x median 3
+    assert config.feature("temp").transform == "zscore"  # negative values
+
+
+def test_window_is_inferred_from_observed_delays(tmp_path):
+    events = [_imp(i, {"a": "x"}) for i in range(10)]
+    # Clicks 30 s after their impression (10:00:0i -> 10:00:3i).
+    events += [dict(_fb("click", i), ts=f"2024-03-01T10:00:{30 + i:02d}Z") for i in range(10)]
+    config = ci.infer_config(_write(tmp_path / "l.gz", events))
+    assert config.tasks[0].label_window_s == 60

@@ -71,9 +71,14 @@ def _tfx_logs_as_progress(total: int, verbose: bool):
     absl_logger.handlers = [_ProgressPrinter(total), terminal]
     absl_logger.setLevel(logging.INFO)
     absl_logger.propagate = False
+    # The Transform component lowers absl's verbosity to WARNING while it runs,
+    # which would hide the announcements of every later component: hold the
+    # level at INFO for the duration of the run.
+    absl_logger.setLevel = lambda level: None
     try:
         yield
     finally:
+        del absl_logger.setLevel  # back to the class's method
         absl_logger.setLevel(saved[0])
         absl_logger.propagate = saved[1]
         absl_logger.handlers = saved[2]

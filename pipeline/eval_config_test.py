@@ -1,0 +1,130 @@
+"""Tests of pipeline/eval_config.py: the TFMA EvalConfig made from the config."""
+import pytest
+import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.metrics import metric_specs
+
+from pipeline import eval_config
+from trainer import testing_util as tu
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tu.small_config()
+
+
+@pytest.fixture(scope="module")
+def made(config):
+    return eval_config.make_eval_config(config)
+
+
+def _spec(made, task):
+    specs = [s for s in made.metrics_specs if list(s.output_names) == [task]]
+    assert len(specs) == 1, task
+    return specs[0]
+
+
+def _metric(spec, class_name):
+    metrics = [m for m in spec.metrics if m.class_name == class_name]
+    assert len(metrics) == 1, class_name
+    return metrics[0]
+
+
+def test_one_metrics_spec_per_task(config, made):
+    assert len(made.metrics_specs) == len(config.tasks) == 3
+    assert [list(s.output_names) for s in made.metrics_specs] == [["click"], ["purchase"],
+                                                                  ["dwell"]]
+
+
+def test_model_spec_serving_default_and_label_keys(made):
+    assert len(made.model_specs) == 1
+    spec = made.model_specs[0]
+    assert spec.signature_name == "serving_default"
+    assert dict(spec.label_keys) == {
+        "click": "click_label", "purchase": "purchase_label", "dwell": "dwell_label"}
+    assert not spec.label_key
+
+
+def test_binary_tasks_have_auc_bounds(config, made):
+    for name in ("click", "purchase"):
+        bounds = config.tasks[[t.name for t in config.tasks].index(name)].eval
+        spec = _spec(made, name)
+        auc = _metric(spec, "AUC")
+        value = auc.threshold.value_threshold
+        assert value.lower_bound.value == pytest.approx(bounds.min_auc)
+        assert not value.HasField("upper_bound")
+        change = auc.threshold.change_threshold
+        assert change.direction == tfma.MetricDirection.HIGHER_IS_BETTER
+        assert change.absolute.value == pytest.approx(-bounds.max_auc_drop)
+        assert change.absolute.value < 0
+        assert not change.HasField("relative")
+        names = {m.class_name for m in spec.metrics}
+        assert "MeanSquaredError" not in names
+        assert {"AUC", "ExampleCount"} <= names
+    # The per-task bounds are the task's own.
+    assert _metric(_spec(made, "click"), "AUC").threshold.value_threshold.lower_bound.value == \
+        pytest.approx(0.5)
+    assert _metric(_spec(made, "purchase"), "AUC").threshold.value_threshold.lower_bound.value \
+        == pytest.approx(0.6)
+
+
+def test_regression_task_has_mse_bounds(made):
+    spec = _spec(made, "dwell")
+    names = {m.class_name for m in spec.metrics}
+    assert "AUC" not in names
+    mse = _metric(spec, "MeanSquaredError")
+    assert mse.threshold.value_threshold.upper_bound.value == pytest.approx(4.0)
+    assert not mse.threshold.value_threshold.HasField("lower_bound")
+    change = mse.threshold.change_threshold
+    assert change.direction == tfma.MetricDirection.LOWER_IS_BETTER
+    assert change.absolute.value == pytest.approx(0.1)
+
+
+def test_unset_bounds_give_no_thresholds():
+    tasks = [{"name": "click", "feedback": "click",
+              "eval": {"min_auc": None, "max_auc_drop": None}},
+             {"name": "dwell", "feedback": "dwell", "type": "regression"}]
+    made = eval_config.make_eval_config(tu.small_config(tasks=tasks))
+    for spec in made.metrics_specs:
+        for metric in spec.metrics:
+            assert not metric.threshold.HasField("value_threshold"), metric
+            assert not metric.threshold.HasField("change_threshold"), metric
+    updated = tfma.utils.update_eval_config_with_defaults(made, has_baseline=False)
+    assert not metric_specs.metric_thresholds_from_metrics_specs(
+        updated.metrics_specs, eval_config=updated)
+
+
+def test_default_metrics_excluded(made):
+    assert made.options.HasField("include_default_metrics")
+    assert made.options.include_default_metrics.value is False
+
+
+def test_overall_slice(made):
+    assert len(made.slicing_specs) == 1
+    assert made.slicing_specs[0] == tfma.SlicingSpec()
+
+
+@pytest.mark.parametrize("has_baseline", [True, False])
+def test_validates_with_tfma_defaults(made, has_baseline):
+    """As the TFX Evaluator does: rubber_stamp=True, with or without a baseline."""
+    updated = tfma.utils.update_eval_config_with_defaults(
+        made, has_baseline=has_baseline, rubber_stamp=True)
+    assert len(updated.model_specs) == (2 if has_baseline else 1)
+    # The metrics can be built, and their thresholds are recognised per task.
+    assert metric_specs.to_computations(updated.metrics_specs, eval_config=updated)
+    thresholds = metric_specs.metric_thresholds_from_metrics_specs(
+        updated.metrics_specs, eval_config=updated)
+    candidate_name = tfma.CANDIDATE_KEY if has_baseline else ""
+    assert updated.model_specs[0].name == candidate_name
+    candidate = {(k.name, k.output_name, k.is_diff) for k in thresholds
+                 if k.model_name == candidate_name}
+    expected = {("auc", "click", False), ("auc", "purchase", False),
+                ("mean_squared_error", "dwell", False)}
+    if has_baseline:
+        expected |= {("auc", "click", True), ("auc", "purchase", True),
+                     ("mean_squared_error", "dwell", True)}
+    assert candidate == expected
+
+
+def test_change_thresholds_require_baseline_unless_rubber_stamped(made):
+    with pytest.raises(RuntimeError, match="baseline"):
+        tfma.utils.update_eval_config_with_defaults(made, has_baseline=False)
