@@ -85,10 +85,17 @@ class ServingSpec:
         read are dropped; a scalar without values is dropped too, so the
         model's default applies as it does for a missing one.
         """
+        example = tf.train.Example()
         try:
-            example = tf.train.Example.FromString(serialized)
+            consumed = example.ParseFromString(serialized)
         except DecodeError as e:
             raise ExampleError(f"not a serialized tf.Example: {e}") from None
+        # The parser stops quietly at a zero tag; bytes left over mean the
+        # input was not an Example, however much of it parsed.
+        if consumed != len(serialized):
+            raise ExampleError(
+                f"not a serialized tf.Example: parsing stopped at byte {consumed} "
+                f"of {len(serialized)}")
         conformed = tf.train.Example()
         for name, spec in self.features.items():
             if name not in example.features.feature:

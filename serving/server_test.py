@@ -179,6 +179,12 @@ def _garbage_examples():
     return predict_request([example(user_id="u"), b"\xff\xfenot an example"])
 
 
+def _zero_tag_garbage():
+    # Protobuf's parser stops at a zero tag without an error: this must still
+    # be rejected, not scored as an empty Example.
+    return predict_request([b"\x00not a tf.Example\xff"])
+
+
 def _wrong_dtype():
     request = predict_request([])
     request.inputs["examples"].CopyFrom(tf.make_tensor_proto([1.0, 2.0], dtype=tf.float32))
@@ -212,6 +218,7 @@ def _unknown_output():
 
 @pytest.mark.parametrize("make_request, code, words", [
     (_garbage_examples, grpc.StatusCode.INVALID_ARGUMENT, ["examples[1]"]),
+    (_zero_tag_garbage, grpc.StatusCode.INVALID_ARGUMENT, ["examples[0]", "byte 1 of 18"]),
     (_wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, ["DT_FLOAT"]),
     (_two_dimensional, grpc.StatusCode.INVALID_ARGUMENT, ["shape"]),
     (_unknown_input_key, grpc.StatusCode.INVALID_ARGUMENT, ["inputs"]),
