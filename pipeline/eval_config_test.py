@@ -82,15 +82,21 @@ def test_regression_task_has_mse_bounds(made):
 def test_unset_bounds_give_no_thresholds():
     tasks = [{"name": "click", "feedback": "click",
               "eval": {"min_auc": None, "max_auc_drop": None}},
-             {"name": "dwell", "feedback": "dwell", "type": "regression"}]
+             {"name": "dwell", "feedback": "dwell", "type": "regression",
+              "eval": {"max_mse": 3.0}}]
     made = eval_config.make_eval_config(tu.small_config(tasks=tasks))
-    for spec in made.metrics_specs:
-        for metric in spec.metrics:
-            assert not metric.threshold.HasField("value_threshold"), metric
-            assert not metric.threshold.HasField("change_threshold"), metric
+    for metric in _spec(made, "click").metrics:
+        assert not metric.threshold.HasField("value_threshold"), metric
+        assert not metric.threshold.HasField("change_threshold"), metric
+    mse = _metric(_spec(made, "dwell"), "MeanSquaredError")
+    assert mse.threshold.value_threshold.upper_bound.value == pytest.approx(3.0)
+    assert not mse.threshold.HasField("change_threshold")
+    # No change thresholds: valid without a baseline even when not rubber stamping.
     updated = tfma.utils.update_eval_config_with_defaults(made, has_baseline=False)
-    assert not metric_specs.metric_thresholds_from_metrics_specs(
+    thresholds = metric_specs.metric_thresholds_from_metrics_specs(
         updated.metrics_specs, eval_config=updated)
+    assert {(k.name, k.output_name, k.is_diff) for k in thresholds} == {
+        ("mean_squared_error", "dwell", False)}
 
 
 def test_default_metrics_excluded(made):

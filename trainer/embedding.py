@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from trainer import features as features_lib
+from trainer.seeds import layer_seed
 
 
 class FeatureEmbedding(tf.keras.layers.Layer):
@@ -22,7 +23,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                 self._embeddings[feature.name] = tf.keras.layers.Embedding(
                     features_lib.embedding_input_dim(feature), feature.embedding_dim,
                     embeddings_initializer=tf.keras.initializers.RandomUniform(
-                        -0.05, 0.05, seed=seed),
+                        -0.05, 0.05, seed=layer_seed(seed, feature.name)),
                     name=f"{feature.name}_embedding")
 
     def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:

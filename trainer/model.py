@@ -13,15 +13,28 @@ import tensorflow_recommenders as tfrs
 
 from pipeline import config as config_lib
 from trainer.embedding import FeatureEmbedding
+from trainer.seeds import layer_seed
 
 
 def mlp(units: Sequence[int], name: str, seed: int) -> tf.keras.Sequential:
     return tf.keras.Sequential(
         [tf.keras.layers.Dense(
             u, activation="relu", name=f"{name}_{i}",
-            kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seed + i))
+            kernel_initializer=tf.keras.initializers.GlorotUniform(
+                seed=layer_seed(seed, f"{name}_{i}")))
          for i, u in enumerate(units)],
         name=name)
+
+
+def _global_batch_size(per_example: tf.Tensor) -> tf.Tensor:
+    """Examples in this step across all replicas. The last batch of a pass
+    splits unevenly (7 as 4 + 3), so it is counted, not inferred from this
+    replica's share."""
+    context = tf.distribute.get_replica_context()
+    size = tf.shape(per_example)[0]
+    if context is None or context.num_replicas_in_sync == 1:
+        return size
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, size)
 
 
 def _ranking_task(task: config_lib.TaskConfig) -> tfrs.tasks.Ranking:
@@ -54,6 +67,9 @@ class MultiTaskRankingModel(tfrs.Model):
                  tf.keras.layers.Dense(1, name=f"{t.name}_output")], name=f"{t.name}_head")
             for t in self._config_tasks}
         self.ranking_tasks = {t.name: _ranking_task(t) for t in self._config_tasks}
+        # tfrs reports each step's loss; this is the mean over every example
+        # seen in the epoch, which is what early stopping must compare.
+        self.loss_tracker = tf.keras.metrics.Mean(name="mean_loss")
 
     def task_logits(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """Each task's raw output, shape [batch]: a logit for binary tasks,
@@ -71,10 +87,23 @@ class MultiTaskRankingModel(tfrs.Model):
                      training: bool = False) -> tf.Tensor:
         features, labels = inputs
         logits = self.task_logits(features)
-        total = 0.0
+        per_example_total = 0.0
         for task in self._config_tasks:
             # [batch, 1]: Keras losses average over the last axis.
             per_example = self.ranking_tasks[task.name](
                 labels=labels[task.label_key][:, None], predictions=logits[task.name][:, None])
-            total += task.loss_weight * tf.nn.compute_average_loss(per_example)
-        return total
+            per_example_total += task.loss_weight * per_example
+        self.loss_tracker.update_state(per_example_total)
+        return tf.nn.compute_average_loss(
+            per_example_total, global_batch_size=_global_batch_size(per_example_total))
+
+    def _with_mean_loss(self, logs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        logs = dict(logs)
+        logs["loss"] = logs["total_loss"] = self.loss_tracker.result()
+        return logs
+
+    def train_step(self, inputs):
+        return self._with_mean_loss(super().train_step(inputs))
+
+    def test_step(self, inputs):
+        return self._with_mean_loss(super().test_step(inputs))

@@ -1,0 +1,365 @@
+"""Tests of trainer/model.py, trainer/embedding.py and trainer/task.py's
+build_model on random transformed inputs."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import features as features_lib
+from trainer import task as task_lib
+from trainer import testing_util as tu
+from trainer.embedding import FeatureEmbedding
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tu.small_config()
+
+
+def _labels(config, features, seed=1):
+    """click = (category id == 0): trivially learnable; others random."""
+    rng = np.random.RandomState(seed)
+    n = int(features["category"].shape[0])
+    return {
+        "click_label": tf.cast(tf.equal(features["category"], 0), tf.float32),
+        "purchase_label": tf.constant(rng.randint(0, 2, n), tf.float32),
+        "dwell_label": tf.constant(rng.rand(n) * 3, tf.float32),
+    }
+
+
+def _eager(model):
+    """Trains eagerly: tracing train_step runs autograph over all of tf_keras
+    (not on autograph's do-not-convert list), ~15 s, too slow for a unit test."""
+    model.run_eagerly = True
+    return model
+
+
+def _batch(config, seed=0):
+    features = tu.random_transformed_batch(config, BATCH, seed=seed)
+    return features, _labels(config, features)
+
+
+def test_call_returns_one_prediction_per_task(config):
+    model = task_lib.build_model(config)
+    features, _ = _batch(config)
+    outputs = model(features)
+    assert set(outputs) == {t.name for t in config.tasks}
+    for task in config.tasks:
+        out = outputs[task.name].numpy()
+        assert out.shape == (BATCH,), task.name
+        assert out.dtype == np.float32
+        if task.type == "binary":
+            assert np.all((out > 0) & (out < 1)), task.name
+    # Predictions depend on the input, per example.
+    assert np.std(outputs["click"].numpy()) > 0
+
+
+def test_call_is_sigmoid_of_logits_for_binary_tasks_only(config):
+    model = task_lib.build_model(config)
+    features, _ = _batch(config)
+    logits = model.task_logits(features)
+    outputs = model(features)
+    np.testing.assert_allclose(outputs["click"], tf.sigmoid(logits["click"]), rtol=1e-6)
+    np.testing.assert_allclose(outputs["purchase"], tf.sigmoid(logits["purchase"]), rtol=1e-6)
+    np.testing.assert_allclose(outputs["dwell"], logits["dwell"], rtol=1e-6)
+
+
+def test_build_model_compiles_with_configured_learning_rate(config):
+    model = task_lib.build_model(config)
+    assert model.optimizer is not None
+    assert float(model.optimizer.learning_rate) == pytest.approx(config.training.learning_rate)
+
+
+def test_one_train_step_decreases_loss(config):
+    tf.keras.utils.set_random_seed(0)
+    model = task_lib.build_model(config)
+    features, labels = _batch(config)
+    before = float(model.compute_loss((features, labels)))
+    weights = [w.copy() for w in model.get_weights()]
+    metrics = model.train_step((features, labels))
+    assert float(metrics["loss"]) == pytest.approx(before, rel=1e-5)
+    assert any(not np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+    assert float(model.compute_loss((features, labels))) < before
+
+
+def test_fit_decreases_loss_and_learns_trivial_label(config):
+    tf.keras.utils.set_random_seed(0)
+    model = _eager(task_lib.build_model(config))
+    features, labels = _batch(config)
+    click = labels["click_label"].numpy()
+    assert 0 < click.sum() < BATCH  # both classes present
+    loss_before = float(model.compute_loss((features, labels)))
+    dataset = tf.data.Dataset.from_tensors((features, labels)).repeat()
+    history = model.fit(dataset, steps_per_epoch=40, epochs=1, verbose=0)
+    loss_after = float(model.compute_loss((features, labels)))
+    assert loss_after < 0.7 * loss_before
+    assert "total_loss" in history.history
+    scores = model(features)["click"].numpy()
+    assert scores[click == 1].min() > scores[click == 0].max()
+
+
+def test_evaluate_reports_loss_over_whole_eval_set(config):
+    model = _eager(task_lib.build_model(config))
+    features = tu.random_transformed_batch(config, 12, seed=4)
+    labels = _labels(config, features, seed=4)
+    labels["dwell_label"] = tf.range(12, dtype=tf.float32)  # batches differ in loss
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(8)  # 8 + 4
+    batch_losses = [float(model.compute_loss(batch)) for batch in dataset]
+    assert abs(batch_losses[0] - batch_losses[1]) > 0.1 * batch_losses[0]
+    whole = float(model.compute_loss((features, labels)))
+    assert whole == pytest.approx((8 * batch_losses[0] + 4 * batch_losses[1]) / 12, rel=1e-5)
+    reported = model.evaluate(dataset, return_dict=True, verbose=0)
+    assert reported["total_loss"] == pytest.approx(whole, rel=1e-4)
+
+
+def _per_task_losses(model, config, features, labels):
+    logits = model.task_logits(features)
+    losses = {}
+    for task in config.tasks:
+        y, z = labels[task.label_key], logits[task.name]
+        if task.type == "binary":
+            losses[task.name] = tf.reduce_mean(
+                tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z))
+        else:
+            losses[task.name] = tf.reduce_mean(tf.square(y - z))
+    return losses
+
+
+def test_compute_loss_is_weighted_sum_of_task_losses(config):
+    model = task_lib.build_model(config)
+    features, labels = _batch(config)
+    weights = {t.name: t.loss_weight for t in config.tasks}
+    assert len(set(weights.values())) == len(weights)  # distinct weights in the test config
+    losses = _per_task_losses(model, config, features, labels)
+    expected = sum(weights[name] * float(loss) for name, loss in losses.items())
+    assert float(model.compute_loss((features, labels))) == pytest.approx(expected, rel=1e-5)
+
+
+def test_zero_loss_weight_gives_task_tower_no_gradient():
+    tasks = [dict(t) for t in tu.CONFIG_DICT["tasks"]]
+    tasks[0]["loss_weight"] = 0.0  # click
+    config = tu.small_config(tasks=tasks)
+    model = _eager(task_lib.build_model(config))
+    features, labels = _batch(config)
+    model(features)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss((features, labels), training=True)
+    towers = {name: tower.trainable_variables for name, tower in model.towers.items()}
+    grads = tape.gradient(loss, [v for vs in towers.values() for v in vs])
+    i = 0
+    norms = {}
+    for name, variables in towers.items():
+        assert variables, name
+        norms[name] = sum(0.0 if g is None else float(tf.norm(g))
+                          for g in grads[i:i + len(variables)])
+        i += len(variables)
+    assert norms["click"] == 0.0
+    assert norms["purchase"] > 0.0 and norms["dwell"] > 0.0
+    # ... and one training step leaves the click tower unchanged.
+    before = [v.numpy().copy() for v in towers["click"]]
+    others = [v.numpy().copy() for v in towers["purchase"]]
+    model.fit(tf.data.Dataset.from_tensors((features, labels)), epochs=1, verbose=0)
+    for b, v in zip(before, towers["click"]):
+        np.testing.assert_array_equal(b, v.numpy())
+    assert any(not np.array_equal(o, v.numpy()) for o, v in zip(others, towers["purchase"]))
+
+
+def _embedding_layer(config):
+    layer = FeatureEmbedding(config.features, seed=3)
+    features, _ = _batch(config)
+    layer(features)
+    return layer, features
+
+
+def test_feature_embedding_output_width(config):
+    layer, features = _embedding_layer(config)
+    width = sum(f.embedding_dim if features_lib.is_embedded(f) else 1 for f in config.features)
+    assert layer(features).shape == (BATCH, width)
+
+
+def test_feature_embedding_ignores_padding_embeddings(config):
+    layer, features = _embedding_layer(config)
+    before = layer(features).numpy()
+    changed = 0
+    for f in config.features:
+        if f.kind == "multivalent":
+            table = layer._embeddings[f.name].embeddings
+            assert np.any(features[f.name].numpy() == features_lib.PADDING_ID)
+            table[features_lib.PADDING_ID].assign(tf.fill([f.embedding_dim], 100.0))
+            changed += 1
+    assert changed == 2
+    np.testing.assert_allclose(layer(features).numpy(), before, rtol=1e-6, atol=1e-7)
+
+
+def test_feature_embedding_means_over_real_values(config):
+    feature = config.feature("tags")
+    layer = FeatureEmbedding([feature], seed=3)
+    ids = tf.constant([[3, 5, 0, 0], [7, 0, 0, 0], [0, 0, 0, 0], [1, 2, 3, 4]], tf.int64)
+    out = layer({"tags": ids}).numpy()
+    table = layer._embeddings["tags"].embeddings.numpy()
+    np.testing.assert_allclose(out[0], (table[3] + table[5]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(out[1], table[7], rtol=1e-6)
+    np.testing.assert_allclose(out[2], np.zeros(feature.embedding_dim), atol=0)
+    np.testing.assert_allclose(out[3], table[1:5].mean(axis=0), rtol=1e-6)
+
+
+_MIRRORED_SCRIPT = textwrap.dedent("""
+    import contextlib, json
+    import numpy as np
+    import tensorflow as tf
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    # trainer.model, not trainer.task: importing tfx would add ~5 s.
+    from trainer.model import MultiTaskRankingModel
+    from trainer import testing_util as tu
+
+    config = tu.small_config()
+    features = tu.random_transformed_batch(config, 8, seed=5)
+    rng = np.random.RandomState(2)
+    labels = {
+        "click_label": tf.constant(rng.randint(0, 2, 8), tf.float32),
+        "purchase_label": tf.constant(rng.randint(0, 2, 8), tf.float32),
+        "dwell_label": tf.constant(rng.rand(8) * 3, tf.float32),
+    }
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = MultiTaskRankingModel(config)
+        mirrored(features)
+    single = MultiTaskRankingModel(config)
+    single(features)
+    single.set_weights(mirrored.get_weights())
+    mirrored_weights_before = mirrored.get_weights()
+
+    with tf.GradientTape() as tape:
+        single_loss = single.compute_loss((features, labels), training=True)
+    single_grads = tape.gradient(single_loss, single.trainable_variables)
+
+    dataset = tf.data.Dataset.from_tensors((features, labels))
+    dist_inputs = next(iter(strategy.experimental_distribute_dataset(dataset)))
+
+    # autograph=False: converting tf_keras takes longer than the test.
+    @tf.function(autograph=False)
+    def step(inputs):
+        def replica_fn(inputs):
+            with tf.GradientTape() as tape:
+                loss = mirrored.compute_loss(inputs, training=True)
+            grads = tape.gradient(loss, mirrored.trainable_variables)
+            return loss, grads
+        losses, grads = strategy.run(replica_fn, args=(inputs,))
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+        grads = [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
+        return loss, grads, strategy.experimental_local_results(losses)
+
+    loss, grads, replica_losses = step(dist_inputs)
+    grad_diff = max(float(tf.reduce_max(tf.abs(tf.convert_to_tensor(a) - b)))
+                    for a, b in zip(grads, single_grads))
+
+    # A batch that does not split evenly over the replicas (4 + 3), as the
+    # last batch of a one-pass dataset does.
+    odd = ({k: v[:7] for k, v in features.items()}, {k: v[:7] for k, v in labels.items()})
+    odd_inputs = next(iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(odd))))
+
+    @tf.function(autograph=False)
+    def odd_step(inputs):
+        losses = strategy.run(mirrored.compute_loss, args=(inputs,))
+        sizes = strategy.run(lambda i: tf.shape(i[1]["click_label"])[0], args=(inputs,))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None),
+                strategy.experimental_local_results(sizes))
+
+    odd_loss, odd_sizes = odd_step(odd_inputs)
+    odd_single = single.compute_loss(odd)
+
+    # One fit step (as run_fn trains) with plain SGD, so that the update is
+    # proportional to the gradient: same reported loss, same new weights.
+    # Eager: tracing train_step runs autograph over all of tf_keras (slow).
+    for m in (mirrored, single):
+        with (strategy.scope() if m is mirrored else contextlib.nullcontext()):
+            m.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+        m.run_eagerly = True
+    fit_ds = tf.data.Dataset.from_tensors((features, labels))
+    mirrored_fit = mirrored.fit(fit_ds, epochs=1, verbose=0).history["total_loss"][0]
+    single_fit = single.fit(fit_ds, epochs=1, verbose=0).history["total_loss"][0]
+    weight_change = max(float(np.abs(a - b).max()) for a, b in zip(
+        single.get_weights(), mirrored_weights_before))
+    weight_diff = max(float(np.abs(a - b).max()) for a, b in zip(
+        mirrored.get_weights(), single.get_weights()))
+    print(json.dumps({
+        "odd_sizes": [int(x) for x in odd_sizes],
+        "odd_mirrored_loss": float(odd_loss),
+        "odd_single_loss": float(odd_single),
+        "mirrored_fit_loss": mirrored_fit,
+        "single_fit_loss": single_fit,
+        "weight_change": weight_change,
+        "weight_diff": weight_diff,
+        "replicas": strategy.num_replicas_in_sync,
+        "single_loss": float(single_loss),
+        "mirrored_loss": float(loss),
+        "replica_losses": [float(l) for l in replica_losses],
+        "grad_diff": grad_diff,
+        "max_grad": max(float(tf.reduce_max(tf.abs(tf.convert_to_tensor(g))))
+                        for g in single_grads),
+    }))
+""")
+
+
+@pytest.fixture(scope="module")
+def mirrored_result():
+    """Two logical CPUs must be configured before TF runs any op, so the
+    comparison runs in a fresh interpreter."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_loss_gradients_and_fit_equal_single_device(mirrored_result):
+    result = mirrored_result
+    assert result["replicas"] == 2
+    assert len(result["replica_losses"]) == 2
+    assert result["mirrored_loss"] == pytest.approx(result["single_loss"], rel=1e-5)
+    # Each replica's share is not the whole loss: the reduction is over the
+    # global batch.
+    assert max(result["replica_losses"]) < result["single_loss"]
+    assert result["max_grad"] > 0
+    assert result["grad_diff"] <= 1e-5 * max(1.0, result["max_grad"])
+    # model.fit under the strategy: the loss Keras reports and the update.
+    assert result["mirrored_fit_loss"] == pytest.approx(result["single_fit_loss"], rel=1e-5)
+    assert result["mirrored_fit_loss"] == pytest.approx(result["single_loss"], rel=1e-5)
+    assert result["weight_change"] > 1e-3
+    assert result["weight_diff"] <= 1e-5
+
+
+def test_mirrored_loss_equals_single_device_on_uneven_batch(mirrored_result):
+    assert mirrored_result["odd_sizes"] == [4, 3]
+    assert mirrored_result["odd_mirrored_loss"] == pytest.approx(
+        mirrored_result["odd_single_loss"], rel=1e-5)
+
+
+def test_towers_and_tables_start_from_different_weights(config):
+    model = task_lib.build_model(config)
+    model(tu.random_transformed_batch(config, 4, seed=6))
+    first_hidden = {name: tower.layers[0].layers[0].kernel.numpy()
+                    for name, tower in model.towers.items()}
+    assert not np.allclose(first_hidden["click"], first_hidden["purchase"])
+    tables = {layer.name: layer.embeddings.numpy() for layer in model.embedding._embeddings.values()}
+    user, item = tables["user_id_embedding"], tables["item_id_embedding"]
+    rows = min(len(user), len(item))
+    assert not np.allclose(user[:rows, :min(user.shape[1], item.shape[1])],
+                           item[:rows, :min(user.shape[1], item.shape[1])])
+    # ... and the same config seed gives the same start again.
+    again = task_lib.build_model(config)
+    again(tu.random_transformed_batch(config, 4, seed=6))
+    assert np.allclose(again.towers["click"].layers[0].layers[0].kernel.numpy(),
+                       first_hidden["click"])
