@@ -37,11 +37,16 @@ def read_anomalies(anomalies_artifact) -> Dict[str, List[str]]:
     return found
 
 
+def check_anomalies(anomalies_artifact) -> None:
+    """Raises DataAnomaliesError naming every anomaly of every split."""
+    found = read_anomalies(anomalies_artifact)
+    if found:
+        raise DataAnomaliesError("data anomalies, run stopped before Transform: " + "; ".join(
+            f"[{split}] {problem}" for split, problems in found.items() for problem in problems))
+
+
 @tfx.dsl.components.component
 def DataValidationGate(
         anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]
 ) -> None:
-    found = read_anomalies(anomalies)
-    if found:
-        raise DataAnomaliesError("data anomalies, run stopped before Transform: " + "; ".join(
-            f"[{split}] {problem}" for split, problems in found.items() for problem in problems))
+    check_anomalies(anomalies)
