@@ -8,16 +8,31 @@ heavy user does not become a hot key), label, and split by time: the last
 from __future__ import annotations
 
 import json
-from typing import Dict, Tuple
+from typing import Dict, Iterator, Tuple, Union
 
 import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
-from components import labelling, log_contract
+from components import labelling, log_contract, log_files
 from pipeline import config as config_lib
 
 SPLITS = ("train", "eval")
 _IMPRESSION, _FEEDBACK, _DEAD = "impression", "feedback", "dead"
 LINES_READ = "lines_read"
+
+
+def _read_file(metadata) -> Iterator:
+    """(source, line bytes) for each line of one file, or a dead letter.
+
+    Each file is read whole by one worker (a gzip stream cannot be split);
+    daily partitions give the pipeline many files to spread.
+    """
+    path = metadata.path
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        for record in log_files.read_records(raw, path):
+            yield record if isinstance(record, log_contract.DeadLetter) else (path, record)
 
 
 class _ParseLine(beam.DoFn):
@@ -31,8 +46,11 @@ class _ParseLine(beam.DoFn):
     def setup(self):
         self._config = config_lib.config_from_json(self._config_json)
 
-    def process(self, source_and_line: Tuple[str, bytes]):
-        source, raw = source_and_line
+    def process(self, record: Union[Tuple[str, bytes], log_contract.DeadLetter]):
+        if isinstance(record, log_contract.DeadLetter):
+            yield beam.pvalue.TaggedOutput(_DEAD, record)
+            return
+        source, raw = record
         event = log_contract.parse_event(raw, source)
         if isinstance(event, log_contract.DeadLetter):
             yield beam.pvalue.TaggedOutput(_DEAD, event)
@@ -95,9 +113,12 @@ class LogsToExamples(beam.PTransform):
     def expand(self, pipeline) -> Dict[str, beam.PCollection]:
         config_json = self._config.to_json()
         # Bytes, not str: a line that is not UTF-8 must reach the dead letters,
-        # not fail the read. Compression is detected from the file extension.
-        lines = pipeline | "ReadLines" >> beam.io.ReadFromTextWithFilename(
-            self._input_glob, coder=beam.coders.BytesCoder())
+        # not fail the read. Reshuffle spreads the lines of big files.
+        lines = (
+            pipeline
+            | "MatchFiles" >> fileio.MatchFiles(self._input_glob)
+            | "ReadFiles" >> beam.FlatMap(_read_file)
+            | "SpreadLines" >> beam.Reshuffle())
         parsed = lines | "Parse" >> beam.ParDo(_ParseLine(config_json)).with_outputs(
             _IMPRESSION, _FEEDBACK, _DEAD)
         joined = (

@@ -14,8 +14,10 @@ import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from components import ingest, log_contract as lc
+from components import ingest, log_files
+from components import log_contract as lc
 from pipeline import config as config_lib
+from pipeline import simulator
 
 CONFIG = config_lib.config_from_dict({
     "model_name": "m",
@@ -63,12 +65,12 @@ GZ_LINES = [
     # 12:00 at +02:00 is 10:00 UTC on day 2.
     (_imp("r2", "i2", "2024-03-02T12:00:00+02:00", position=3), "impressions"),
     # Two hours after r2: outside the one-hour click window.
-    (_fb("click", "r2", "i2", "2024-03-02T12:00:00Z"), "feedback_outside_window"),
+    (_fb("click", "r2", "i2", "2024-03-02T12:00:00Z"), "feedback_late"),
     (_fb("like", "r2", "i2", "2024-03-02T10:01:00Z"), "feedback_unused_type"),
     # Local day 3 but UTC day 2 (23:30Z): train.
     (_imp("r3", "i3", "2024-03-03T00:30:00+01:00", position=1), "impressions"),
     # The later duplicate of r4/i4 (the earliest is in the plain file).
-    (_imp("r4", "i4", "2024-03-03T00:10:00Z", position=9), "dead_letter.duplicate_impression"),
+    (_imp("r4", "i4", "2024-03-03T00:10:00Z", position=9), "dead_letter.conflicting_impression"),
     (_fb("click", "r9", "i9", "2024-03-02T08:00:00Z"), "dead_letter.orphan_feedback"),
     (b"hello, not json", "dead_letter.not_json"),
     (b'{"type": "impression", "ts": "2024-03-01T10:00:00Z", "request_id"',
@@ -79,7 +81,7 @@ PLAIN_LINES = [
     (_fb("purchase", "r1", "i1", "2024-03-01T11:00:00Z", value=10.5), "feedback_merged"),
     (_fb("purchase", "r1", "i1", "2024-03-01T20:00:00Z", value=4.25), "feedback_merged"),
     # More than a day after r1: outside the purchase window.
-    (_fb("purchase", "r1", "i1", "2024-03-02T10:00:01Z", value=99.0), "feedback_outside_window"),
+    (_fb("purchase", "r1", "i1", "2024-03-02T10:00:01Z", value=99.0), "feedback_late"),
     (b"[1, 2, 3]", "dead_letter.not_object"),
     (b'{"type": "click", "ts": "2024-03-01T10:00:00Z", "user_id": "u", "item_id": "i"}',
      "dead_letter.missing_field"),
@@ -93,9 +95,14 @@ PLAIN_LINES = [
     # Last impression, last microsecond of day 3; null and missing features.
     (_imp("r6", "i6", "2024-03-03T23:59:59.999999Z",
           features={"country": None, "price": None, "tags": None}), "impressions"),
-    # Feedback before its impression: outside the window.
-    (_fb("click", "r6", "i6", "2024-03-03T23:00:00Z"), "feedback_outside_window"),
+    # Feedback before its impression: no window starts before the impression.
+    (_fb("click", "r6", "i6", "2024-03-03T23:00:00Z"), "dead_letter.feedback_before_impression"),
+    # At-least-once delivery: the same click again, from another file, counts once.
+    (_fb("click", "r1", "i1", "2024-03-01T10:05:00Z"), "duplicates"),
     (_imp("r8", "i8", "2024-03-01T00:00:00Z"), "impressions"),
+    # The same impression again, its JSON keys in another order: a duplicate.
+    (json.dumps(dict(reversed(list(json.loads(_imp("r8", "i8", "2024-03-01T00:00:00Z"))
+                                   .items())))).encode(), "duplicates"),
     (b"", "dead_letter.not_json"),  # a blank line is a line too
     (_fb("click", "r8", "i8", "2024-03-01T00:59:59Z"), "feedback_merged"),
 ]
@@ -194,8 +201,11 @@ def test_each_outcome_counted_as_expected(run):
     expected["examples.train"] = len(TRAIN_REQUESTS)
     expected["examples.eval"] = len(EVAL_REQUESTS)
     assert run["counts"] == dict(expected)
-    # Every dead-letter reason the parser and join can produce is exercised.
-    assert {f"dead_letter.{r}" for r in lc.DEAD_LETTER_REASONS} <= set(run["counts"])
+    # Every dead-letter reason the parser and join can produce is exercised
+    # (the file-level ones by the fuzz test below).
+    file_level = {lc.LINE_TOO_LONG, lc.TRUNCATED_FILE, lc.UNREADABLE_FILE}
+    assert ({f"dead_letter.{r}" for r in set(lc.DEAD_LETTER_REASONS) - file_level}
+            <= set(run["counts"]))
 
 
 def test_split_counts_add_up_to_impressions(run):
@@ -272,7 +282,7 @@ def test_dead_letters_have_reason_source_and_line(run, logs):
 
 def test_duplicate_dead_letter_is_the_later_impression(run):
     [duplicate] = [d for d in run["dead_letters"]
-                   if d["dead_letter_reason"] == lc.DUPLICATE_IMPRESSION]
+                   if d["dead_letter_reason"] == lc.CONFLICTING_IMPRESSION]
     assert json.loads(duplicate["line"])["position"] == 9
     assert duplicate["source"].endswith("part-0.jsonl.gz")
 
@@ -338,16 +348,92 @@ def test_with_test_pipeline_and_assert_that(tmp_path):
         }]), label="counts")
 
 
-def test_gzip_without_gz_extension_is_dead_lettered_not_dropped(tmp_path):
-    # docs/log-contract.md: ingestion picks the compression from the file
-    # extension, so gzip logs must be named *.gz. A misnamed file is read as
-    # raw bytes; its lines are still all counted and dead-lettered.
-    path = tmp_path / "logs.jsonl"
+def test_gzip_is_recognised_by_content_not_name(tmp_path):
+    path = tmp_path / "logs.jsonl"  # gzip inside, no .gz in the name
     with gzip.open(path, "wb") as f:
         f.write(_imp("a", "1", "2024-03-01T10:00:00Z") + b"\n")
+    counts = _run(str(path), str(tmp_path / "out"))["counts"]
+    assert counts == {"lines_read": 1, "impressions": 1, "examples.eval": 1}
+
+
+def _fuzzed_lines(seed: int, tmp_path) -> list:
+    """Simulated log lines, a fraction of them broken in every way a
+    producer or a disk can break them."""
+    simulator.simulate(str(tmp_path / "clean"), impressions=300, days=3, seed=seed)
+    lines = [line.rstrip(b"\n") for path in sorted((tmp_path / "clean").glob("events-*"))
+             for line in gzip.open(path).read().splitlines()]
+    rng = random.Random(seed)
+    fuzzed = []
+    for line in lines:
+        event = json.loads(line)
+        roll = rng.random()
+        if roll < 0.03:
+            fuzzed.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80))))
+        elif roll < 0.06:
+            event.pop(rng.choice(["type", "ts", "request_id", "user_id", "item_id"]))
+            fuzzed.append(json.dumps(event).encode())
+        elif roll < 0.09:
+            event[rng.choice(["ts", "user_id", "item_id"])] = rng.choice([7, None, [], {}])
+            fuzzed.append(json.dumps(event).encode())
+        elif roll < 0.11:
+            fuzzed.append(line[: rng.randrange(1, len(line))])  # truncated JSON
+        elif roll < 0.14:
+            fuzzed += [line, line]  # delivered twice
+        elif roll < 0.16 and event["type"] != "impression":
+            event["request_id"] = "orphan-" + event["request_id"]
+            fuzzed.append(json.dumps(event).encode())
+        else:
+            fuzzed.append(line)
+    fuzzed.insert(rng.randrange(len(fuzzed)), b'{"pad": "' + b"x" * (log_files.MAX_LINE_BYTES + 10) + b'"}')
+    return fuzzed
+
+
+def _conservation_holds(counts: dict, dead_letters: list) -> None:
+    outcomes = {k: v for k, v in counts.items()
+                if k != ingest.LINES_READ and not k.startswith("examples.")}
+    assert sum(outcomes.values()) == counts[ingest.LINES_READ]
+    assert counts.get("examples.train", 0) + counts.get("examples.eval", 0) == counts["impressions"]
+    dead = collections.Counter(d["dead_letter_reason"] for d in dead_letters)
+    assert {f"dead_letter.{r}": n for r, n in dead.items()} == {
+        k: v for k, v in counts.items() if k.startswith("dead_letter.")}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_conservation_on_fuzzed_logs(tmp_path, seed):
+    lines = _fuzzed_lines(seed, tmp_path)
+    third = len(lines) // 3
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # A plain file, and a gzip file of two concatenated members.
+    parts = [b"".join(l + b"\n" for l in part)
+             for part in (lines[:third], lines[third:2 * third], lines[2 * third:])]
+    (logs / "a.jsonl").write_bytes(parts[0])
+    with open(logs / "b.jsonl.gz", "wb") as f:
+        f.write(gzip.compress(parts[1]) + gzip.compress(parts[2]))
+    result = _run(str(logs / "*"), str(tmp_path / "out"))
+    counts = result["counts"]
+    # Intact files: every physical line (garbage may hold newlines) is read,
+    # and each has exactly one outcome.
+    assert counts[ingest.LINES_READ] == sum(part.count(b"\n") for part in parts)
+    _conservation_holds(counts, result["dead_letters"])
+    assert counts["dead_letter.line_too_long"] == 1
+    assert counts["duplicates"] > 0 and counts["dead_letter.orphan_feedback"] > 0
+    assert counts["impressions"] > 0
+
+
+def test_truncated_gzip_keeps_what_came_before_and_says_so(tmp_path):
+    lines = [_imp(f"r{i}", "i", "2024-03-01T10:00:00Z") for i in range(2000)]
+    whole = gzip.compress(b"".join(l + b"\n" for l in lines))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(whole[: len(whole) // 2])
     result = _run(str(path), str(tmp_path / "out"))
     counts = result["counts"]
-    assert "impressions" not in counts
-    assert counts["lines_read"] >= 1
-    assert sum(v for k, v in counts.items() if k.startswith("dead_letter.")) == counts["lines_read"]
-    assert len(result["dead_letters"]) == counts["lines_read"]
+    [truncated] = [d for d in result["dead_letters"]
+                   if d["dead_letter_reason"] == lc.TRUNCATED_FILE]
+    assert truncated["source"] == str(path)
+    # The lines before the cut became examples; the cut-off rest is one dead
+    # letter (its lines cannot be counted).
+    assert 0 < counts["impressions"] < len(lines)
+    assert counts[ingest.LINES_READ] == counts["impressions"] + sum(
+        v for k, v in counts.items() if k.startswith("dead_letter."))
+    _conservation_holds(counts, result["dead_letters"])

@@ -4,9 +4,9 @@ These are the pure functions the ingestion Beam pipeline maps over; they know
 the config (which features, which tasks and windows) and nothing of Beam.
 
 Every log line ends as exactly one outcome, so counts add up to lines read:
-an impression in an example, a feedback event merged into a label, a feedback
-event outside its task's window, a feedback event of a type no task uses, or
-a dead letter with a reason.
+an impression in an example, a feedback event merged into a label, a late
+feedback event (after its task's window), a feedback event of a type no task
+uses, a duplicate (the same event again), or a dead letter with a reason.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from pipeline import config as config_lib
 # Outcome names, the keys of the ingestion counts.
 EXAMPLE = "impressions"
 FEEDBACK_MERGED = "feedback_merged"
-FEEDBACK_OUTSIDE_WINDOW = "feedback_outside_window"
+FEEDBACK_LATE = "feedback_late"
+DUPLICATES = "duplicates"
 FEEDBACK_UNUSED_TYPE = "feedback_unused_type"
 DEAD_LETTER_PREFIX = "dead_letter."
 SECONDS_PER_DAY = 86400
@@ -130,50 +131,71 @@ def _dead(result: JoinResult, reason: str, detail: str, line: str, source: str =
     result.outcomes.append(dead_letter_outcome(reason))
 
 
+def _count_repeats_once(items: list, event_of, result: JoinResult) -> list:
+    """The items with exact repeats of an event removed (the first kept),
+    each removed repeat counted as a duplicate."""
+    seen, unique = set(), []
+    for item in items:
+        fingerprint = event_of(item).fingerprint
+        if fingerprint in seen:
+            result.outcomes.append(DUPLICATES)
+        else:
+            seen.add(fingerprint)
+            unique.append(item)
+    return unique
+
+
 def join_group(config: config_lib.Config, impressions: Iterable[Impression],
                feedback: Iterable[Tuple[log_contract.Event, str, str]]) -> JoinResult:
     """Labels one impression with the feedback sharing its key.
 
     `feedback` holds (event, raw line, source file), the last two for dead
-    letters. With
-    several impressions of one key, the earliest is kept (ties broken by the
-    line, so the result does not depend on input order) and the others are
-    dead-lettered as duplicates.
+    letters. An event repeated exactly (at-least-once delivery) counts once;
+    its repeats are counted as duplicates. Of several different impressions
+    with one key, the earliest is kept (ties broken by the line, so the
+    result does not depend on input order) and the others are dead-lettered
+    as conflicting.
     """
     result = JoinResult()
-    impressions = sorted(impressions, key=lambda i: (i.event.ts, i.line))
-    feedback = sorted(feedback, key=lambda f: (f[0].ts, f[1]))
+    impressions = _count_repeats_once(
+        sorted(impressions, key=lambda i: (i.event.ts, i.line)), lambda i: i.event, result)
+    feedback = _count_repeats_once(
+        sorted(feedback, key=lambda f: (f[0].ts, f[1])), lambda f: f[0], result)
     if not impressions:
         for event, line, source in feedback:
             _dead(result, log_contract.ORPHAN_FEEDBACK,
                   f"no impression with request_id={event.request_id!r} item_id={event.item_id!r}",
                   line, source)
         return result
-    kept, duplicates = impressions[0], impressions[1:]
-    for duplicate in duplicates:
-        _dead(result, log_contract.DUPLICATE_IMPRESSION,
-              "another impression with the same (request_id, item_id) came first",
-              duplicate.line, duplicate.source)
+    kept, conflicting_ones = impressions[0], impressions[1:]
+    for conflicting in conflicting_ones:
+        _dead(result, log_contract.CONFLICTING_IMPRESSION,
+              "a different impression with the same (request_id, item_id) came first",
+              conflicting.line, conflicting.source)
 
     labels = {task.name: 0.0 for task in config.tasks}
     tasks_by_feedback: Dict[str, List[config_lib.TaskConfig]] = {}
     for task in config.tasks:
         tasks_by_feedback.setdefault(task.feedback, []).append(task)
-    for event, _, _ in feedback:
+    for event, line, source in feedback:
         tasks = tasks_by_feedback.get(event.type)
         if not tasks:
             result.outcomes.append(FEEDBACK_UNUSED_TYPE)
             continue
         delay_s = (event.ts - kept.event.ts) / MICROS
+        if delay_s < 0:
+            _dead(result, log_contract.FEEDBACK_BEFORE_IMPRESSION,
+                  f"{-delay_s:.3f} s before its impression", line, source)
+            continue
         merged = False
         for task in tasks:
-            if 0 <= delay_s <= task.label_window_s:
+            if delay_s <= task.label_window_s:
                 merged = True
                 if task.type == "binary":
                     labels[task.name] = 1.0
                 else:
                     labels[task.name] += event.value if event.value is not None else 1.0
-        result.outcomes.append(FEEDBACK_MERGED if merged else FEEDBACK_OUTSIDE_WINDOW)
+        result.outcomes.append(FEEDBACK_MERGED if merged else FEEDBACK_LATE)
 
     feature_map = {
         f.name: _typed_feature(f.dtype, kept.features[f.name]) for f in config.features

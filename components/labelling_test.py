@@ -214,7 +214,7 @@ def test_binary_label_1_when_feedback_within_window():
 def test_binary_label_0_when_feedback_outside_window():
     result = labelling.join_group(CONFIG, [_impression()], [_feedback(delay_s=CLICK_WINDOW_S + 1)])
     assert _label(result, "click") == 0.0
-    assert result.outcomes.count(labelling.FEEDBACK_OUTSIDE_WINDOW) == 1
+    assert result.outcomes.count(labelling.FEEDBACK_LATE) == 1
     assert labelling.FEEDBACK_MERGED not in result.outcomes
 
 
@@ -223,10 +223,22 @@ def test_feedback_at_impression_time_is_within_window():
     assert _label(result, "click") == 1.0
 
 
-def test_feedback_before_impression_is_outside_window():
+def test_feedback_before_impression_is_dead_lettered():
     result = labelling.join_group(CONFIG, [_impression()], [_feedback(delay_s=-1)])
     assert _label(result, "click") == 0.0
-    assert result.outcomes.count(labelling.FEEDBACK_OUTSIDE_WINDOW) == 1
+    assert [d.reason for d in result.dead_letters] == [lc.FEEDBACK_BEFORE_IMPRESSION]
+    assert labelling.FEEDBACK_LATE not in result.outcomes
+
+
+def test_exact_repeats_count_once_as_duplicates():
+    impression = _impression()
+    click = _feedback(delay_s=5)
+    result = labelling.join_group(CONFIG, [impression, impression], [click, click, click])
+    assert _label(result, "click") == 1.0
+    assert result.outcomes.count(labelling.DUPLICATES) == 3
+    assert result.outcomes.count(labelling.FEEDBACK_MERGED) == 1
+    assert result.outcomes.count(labelling.EXAMPLE) == 1
+    assert not result.dead_letters
 
 
 def test_several_clicks_give_binary_label_one_not_a_count():
@@ -246,7 +258,7 @@ def test_regression_sums_values_within_window():
     assert _label(result, "revenue") == pytest.approx(14.75)
     assert _label(result, "click") == 0.0
     assert result.outcomes.count(labelling.FEEDBACK_MERGED) == 2
-    assert result.outcomes.count(labelling.FEEDBACK_OUTSIDE_WINDOW) == 1
+    assert result.outcomes.count(labelling.FEEDBACK_LATE) == 1
 
 
 def test_regression_feedback_without_value_counts_one():
@@ -267,7 +279,7 @@ def test_one_feedback_type_can_label_several_tasks():
     assert _label(result, "slow") == 1.0
     # One event, one outcome: merged into at least one task.
     assert result.outcomes.count(labelling.FEEDBACK_MERGED) == 1
-    assert labelling.FEEDBACK_OUTSIDE_WINDOW not in result.outcomes
+    assert labelling.FEEDBACK_LATE not in result.outcomes
 
 
 def test_unused_feedback_type():
@@ -284,7 +296,7 @@ def test_feedback_window_is_measured_from_the_kept_impression():
     fb = _feedback(delay_s=2 * CLICK_WINDOW_S + 60)
     result = labelling.join_group(CONFIG, [late, early], [fb])
     assert _label(result, "click") == 0.0
-    assert labelling.FEEDBACK_OUTSIDE_WINDOW in result.outcomes
+    assert labelling.FEEDBACK_LATE in result.outcomes
 
 
 # --- join_group: orphans and duplicates -------------------------------------
@@ -315,10 +327,10 @@ def test_duplicate_impressions_keep_earliest_regardless_of_order(seed):
     assert result.impression_ts == T0
     assert _values(result.example, "position") == ("int64_list", [7])
     assert sorted((d.reason, d.line, d.source) for d in result.dead_letters) == [
-        (lc.DUPLICATE_IMPRESSION, "second", "s2"),
-        (lc.DUPLICATE_IMPRESSION, "third", "s3"),
+        (lc.CONFLICTING_IMPRESSION, "second", "s2"),
+        (lc.CONFLICTING_IMPRESSION, "third", "s3"),
     ]
-    assert result.outcomes.count(labelling.dead_letter_outcome(lc.DUPLICATE_IMPRESSION)) == 2
+    assert result.outcomes.count(labelling.dead_letter_outcome(lc.CONFLICTING_IMPRESSION)) == 2
     assert result.outcomes.count(labelling.EXAMPLE) == 1
 
 

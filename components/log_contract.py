@@ -21,9 +21,15 @@ NOT_OBJECT = "not_object"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 ORPHAN_FEEDBACK = "orphan_feedback"
-DUPLICATE_IMPRESSION = "duplicate_impression"
+FEEDBACK_BEFORE_IMPRESSION = "feedback_before_impression"
+CONFLICTING_IMPRESSION = "conflicting_impression"
+LINE_TOO_LONG = "line_too_long"
+TRUNCATED_FILE = "truncated_file"
+UNREADABLE_FILE = "unreadable_file"
 DEAD_LETTER_REASONS = (
-    NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, ORPHAN_FEEDBACK, DUPLICATE_IMPRESSION,
+    NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, ORPHAN_FEEDBACK,
+    FEEDBACK_BEFORE_IMPRESSION, CONFLICTING_IMPRESSION, LINE_TOO_LONG, TRUNCATED_FILE,
+    UNREADABLE_FILE,
 )
 
 
@@ -48,6 +54,13 @@ class Event:
     def key(self):
         """Feedback belongs to the impression with the same key."""
         return (self.request_id, self.item_id)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identical for the same event sent twice (at-least-once producers),
+        whatever the JSON's key order or spacing."""
+        return json.dumps([self.type, self.ts, self.request_id, self.user_id, self.item_id,
+                           self.position, self.features, self.value], sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)

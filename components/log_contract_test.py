@@ -311,4 +311,4 @@ def test_dead_letter_keeps_the_original_line(obj, reason):
 
 
 def test_dead_letter_reasons_are_distinct():
-    assert len(set(lc.DEAD_LETTER_REASONS)) == len(lc.DEAD_LETTER_REASONS) == 6
+    assert len(set(lc.DEAD_LETTER_REASONS)) == len(lc.DEAD_LETTER_REASONS) == 10

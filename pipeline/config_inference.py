@@ -197,10 +197,9 @@ def infer_config(log_glob: str, model_name: str = "mtrank",
     """Reads up to `sample_lines` lines of the logs and infers a config."""
 
     def events():
-        for count, (path, line) in enumerate(log_files.iter_log_lines(log_glob)):
+        for count, event in enumerate(log_files.iter_events(log_glob)):
             if count >= sample_lines:
                 return
-            event = log_contract.parse_event(line, path)
             if isinstance(event, log_contract.Event):
                 yield event
 

@@ -160,7 +160,7 @@ def collect(metadata_path: str, since_execution_id: int, config: config_lib.Conf
     nodes = _outputs_by_node(store, since_execution_id)
     summary = {
         "lines_read": None, "impressions": None, "feedback_merged": None,
-        "feedback_outside_window": None, "feedback_unused_type": None,
+        "feedback_late": None, "feedback_unused_type": None, "duplicates": None,
         "examples": {}, "dead_letters": {}, "tasks": {}, "validation_failures": [],
         "blessed": False, "pushed_version": None, "wall_s": {},
     }
@@ -172,8 +172,8 @@ def collect(metadata_path: str, since_execution_id: int, config: config_lib.Conf
     if examples is not None:
         counts = json.loads(_custom(examples, COUNTS_PROPERTY) or "{}")
         summary["lines_read"] = counts.get(ingest.LINES_READ, 0)
-        for outcome in (labelling.EXAMPLE, labelling.FEEDBACK_MERGED,
-                        labelling.FEEDBACK_OUTSIDE_WINDOW, labelling.FEEDBACK_UNUSED_TYPE):
+        for outcome in (labelling.EXAMPLE, labelling.FEEDBACK_MERGED, labelling.FEEDBACK_LATE,
+                        labelling.FEEDBACK_UNUSED_TYPE, labelling.DUPLICATES):
             summary[outcome] = counts.get(outcome, 0)
         summary["examples"] = {s: counts.get(ingest.split_count_key(s), 0) for s in ingest.SPLITS}
         summary["dead_letters"] = {
@@ -208,8 +208,8 @@ def format_table(summary: dict) -> str:
     """The summary as the text the CLI prints."""
     lines = [
         f"lines read {summary['lines_read']}, examples {summary['examples']}, "
-        f"feedback merged {summary['feedback_merged']}, "
-        f"outside window {summary['feedback_outside_window']}",
+        f"feedback merged {summary['feedback_merged']}, late {summary['feedback_late']}, "
+        f"duplicates {summary['duplicates']}",
         f"dead letters {summary['dead_letters'] or 'none'}",
         "",
         f"{'task':<14}{'auc':>9}{'truth_auc':>11}{'no_pos':>9}{'loss':>9}{'mean_label':>12}"

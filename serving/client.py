@@ -184,12 +184,9 @@ def read_impressions(logs_path: str, limit: Optional[int] = None) -> List[Dict[s
         raise ValueError("limit must be >= 0")
     impressions: List[Dict[str, Any]] = []
     invalid = 0
-    for source, line in log_files.iter_log_lines(logs_path):
+    for event in log_files.iter_events(logs_path):
         if limit is not None and len(impressions) >= limit:
             break
-        if not line.strip():
-            continue
-        event = log_contract.parse_event(line, source)
         if isinstance(event, log_contract.DeadLetter):
             invalid += 1
         elif event.is_impression:

@@ -66,7 +66,8 @@ def test_first_run_ingests_trains_blesses_and_pushes(pipeline_runs):
     assert sum(summary["examples"].values()) == summary["impressions"]
     # Every line read is accounted for by exactly one outcome.
     outcomes = (summary["impressions"] + summary["feedback_merged"]
-                + summary["feedback_outside_window"] + summary["feedback_unused_type"]
+                + summary["feedback_late"] + summary["feedback_unused_type"]
+                + summary["duplicates"]
                 + sum(summary["dead_letters"].values()))
     assert outcomes == summary["lines_read"]
     task_names = [t["name"] for t in pipeline_runs["config"]["tasks"]]
