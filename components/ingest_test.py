@@ -437,3 +437,32 @@ def test_truncated_gzip_keeps_what_came_before_and_says_so(tmp_path):
     assert counts[ingest.LINES_READ] == counts["impressions"] + sum(
         v for k, v in counts.items() if k.startswith("dead_letter."))
     _conservation_holds(counts, result["dead_letters"])
+
+
+def test_json_csv_and_parquet_mix_in_one_run(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # Impression r1 in JSON Lines; its click in CSV; its purchase in Parquet.
+    (logs / "a.jsonl.gz").write_bytes(gzip.compress(
+        _imp("r1", "i1", "2024-03-01T10:00:00Z", position=0) + b"\n"
+        + _imp("r2", "i2", "2024-03-02T10:00:00Z") + b"\n"))
+    (logs / "b.csv").write_text(
+        "type,ts,request_id,user_id,item_id,features.country,features.price,features.tags\n"
+        "click,2024-03-01T10:00:30Z,r1,u1,i1,,,\n"
+        'impression,2024-03-02T11:00:00Z,r3,u1,i3,FR,2,"[""x""]"\n')
+    pq.write_table(pa.table({
+        "type": ["purchase"], "ts": ["2024-03-01T10:30:00Z"], "request_id": ["r1"],
+        "user_id": ["u1"], "item_id": ["i1"], "value": [12.0]}), logs / "c.parquet")
+    result = _run(str(logs / "*"), str(tmp_path / "out"))
+    assert result["counts"] == {"lines_read": 5, "impressions": 3, "feedback_merged": 2,
+                                "examples.train": 1, "examples.eval": 2}
+    [train] = [tf.train.Example.FromString(b) for b in result["train"]]
+    labels = {k: v.float_list.value[0] for k, v in train.features.feature.items()
+              if k.endswith("_label")}
+    assert labels["click_label"] == 1.0 and labels["revenue_label"] == 12.0
+    by_request = {tf.train.Example.FromString(b).features.feature["request_id"].bytes_list
+                  .value[0]: tf.train.Example.FromString(b) for b in result["eval"]}
+    assert by_request[b"r3"].features.feature["price"].float_list.value[0] == 2.0

@@ -1,9 +1,11 @@
 """Tests of finding and reading log files outside Beam."""
 import gzip
+import json
 import os
 
 import pytest
 
+from components import log_contract as lc
 from components import log_files
 
 LINES = [b'{"a": 1}\n', b'{"b": "caf\xc3\xa9"}\n', b"not json\n", b"last line without newline"]
@@ -96,3 +98,69 @@ def test_iter_log_lines_pairs_path_and_line_in_file_order(tmp_path):
     b = _write_plain(tmp_path / "b.jsonl", [b"3\n"])
     assert list(log_files.iter_log_lines(str(tmp_path / "*"))) == [
         (a, b"1\n"), (a, b"2\n"), (b, b"3\n")]
+
+
+CSV_TEXT = (
+    "type,ts,request_id,user_id,item_id,position,value,features.device,features.price,features.tags\n"
+    'impression,2024-03-01T10:00:00Z,r1,u1,007,2,,mobile,3.5,"[""a"",""b""]"\n'
+    "click,2024-03-01T10:00:05Z,r1,u1,007,,,,,\n"
+    "dwell,2024-03-01T10:00:09Z,r1,u1,007,,12.5,,,\n"
+    "impression,2024-03-01T10:00:00Z,r2,u1,008\n"
+)
+
+
+def _records(path):
+    return [r if isinstance(r, lc.DeadLetter) else json.loads(r)
+            for r in log_files.read_lines(str(path))]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_csv_rows_become_contract_events(tmp_path, compress):
+    path = tmp_path / ("logs.csv.gz" if compress else "logs.csv")
+    data = CSV_TEXT.encode()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    impression, click, dwell, short_row = _records(path)
+    # Ids stay strings ("007"); features, position and value are typed.
+    assert impression == {
+        "type": "impression", "ts": "2024-03-01T10:00:00Z", "request_id": "r1",
+        "user_id": "u1", "item_id": "007", "position": 2,
+        "features": {"device": "mobile", "price": 3.5, "tags": ["a", "b"]}}
+    assert click == {"type": "click", "ts": "2024-03-01T10:00:05Z", "request_id": "r1",
+                     "user_id": "u1", "item_id": "007"}
+    assert dwell["value"] == 12.5
+    assert isinstance(short_row, lc.DeadLetter) and "5 cells" in short_row.detail
+    for event in (impression, click, dwell):
+        assert isinstance(lc.parse_event(json.dumps(event)), lc.Event)
+
+
+def test_parquet_rows_with_a_features_struct_become_contract_events(tmp_path):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "type": ["impression", "purchase"],
+        "ts": pa.array([datetime.datetime(2024, 3, 1, 10, tzinfo=datetime.timezone.utc),
+                        datetime.datetime(2024, 3, 1, 11, tzinfo=datetime.timezone.utc)],
+                       type=pa.timestamp("us", tz="UTC")),
+        "request_id": ["r1", "r1"], "user_id": ["u1", "u1"], "item_id": ["i1", "i1"],
+        "position": [0, None], "value": [None, 9.99],
+        "features": [{"device": "tablet", "hour": 10}, None],
+    })
+    path = tmp_path / "logs.parquet"
+    pq.write_table(table, path)
+    impression, purchase = _records(path)
+    assert impression == {"type": "impression", "ts": "2024-03-01T10:00:00Z",
+                          "request_id": "r1", "user_id": "u1", "item_id": "i1",
+                          "position": 0, "features": {"device": "tablet", "hour": 10}}
+    assert purchase["value"] == 9.99 and "features" not in purchase
+    assert all(isinstance(lc.parse_event(json.dumps(e)), lc.Event)
+               for e in (impression, purchase))
+
+
+def test_unreadable_parquet_is_one_dead_letter(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 this is not really parquet")
+    [dead] = _records(path)
+    assert dead.reason == lc.UNREADABLE_FILE and dead.source == str(path)
