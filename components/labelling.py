@@ -98,17 +98,10 @@ def to_impression(config: config_lib.Config, event: log_contract.Event, line: st
     return Impression(event, features, line, source)
 
 
-def _feature_proto(values) -> tf.train.Feature:
-    if values and isinstance(values[0], bytes):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-    if values and isinstance(values[0], int):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
-
-
-def _typed_feature(dtype: str, values) -> tf.train.Feature:
-    # An empty list still needs the feature's own kind, or the schema would
-    # see one feature with two types.
+def typed_feature(dtype: str, values) -> tf.train.Feature:
+    """A tf.Example feature of the config dtype. The dtype is explicit
+    because an empty list still needs the feature's own kind, or the schema
+    would see one feature with two types."""
     if dtype == "string":
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
     if dtype == "int64":
@@ -198,15 +191,15 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
         result.outcomes.append(FEEDBACK_MERGED if merged else FEEDBACK_LATE)
 
     feature_map = {
-        f.name: _typed_feature(f.dtype, kept.features[f.name]) for f in config.features
+        f.name: typed_feature(f.dtype, kept.features[f.name]) for f in config.features
     }
     for task in config.tasks:
-        feature_map[task.label_key] = _feature_proto([labels[task.name]])
+        feature_map[task.label_key] = typed_feature("float", [labels[task.name]])
     event = kept.event
-    feature_map[config_lib.REQUEST_ID] = _feature_proto([event.request_id.encode("utf-8")])
-    feature_map[config_lib.IMPRESSION_TS] = _feature_proto([event.ts])
+    feature_map[config_lib.REQUEST_ID] = typed_feature("string", [event.request_id.encode()])
+    feature_map[config_lib.IMPRESSION_TS] = typed_feature("int64", [event.ts])
     if event.position is not None:
-        feature_map[config_lib.POSITION] = _feature_proto([event.position])
+        feature_map[config_lib.POSITION] = typed_feature("int64", [event.position])
     result.example = tf.train.Example(features=tf.train.Features(feature=feature_map))
     result.impression_ts = event.ts
     result.outcomes.append(EXAMPLE)
