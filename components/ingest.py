@@ -57,13 +57,15 @@ class _ParseLine(beam.DoFn):
             return
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if not event.is_impression:
-            yield beam.pvalue.TaggedOutput(_FEEDBACK, (event.key, (event, line, source)))
+            # Plain tuples: Beam encodes them compactly, without pickling.
+            yield beam.pvalue.TaggedOutput(
+                _FEEDBACK, (event.key, tuple(labelling.Feedback.of(event, line, source))))
             return
         impression = labelling.to_impression(self._config, event, line, source)
         if isinstance(impression, log_contract.DeadLetter):
             yield beam.pvalue.TaggedOutput(_DEAD, impression)
             return
-        yield beam.pvalue.TaggedOutput(_IMPRESSION, (event.key, impression))
+        yield beam.pvalue.TaggedOutput(_IMPRESSION, (event.key, tuple(impression)))
 
 
 class _JoinAndLabel(beam.DoFn):
@@ -75,9 +77,10 @@ class _JoinAndLabel(beam.DoFn):
         self._config = config_lib.config_from_json(self._config_json)
 
     def process(self, keyed_group):
-        _, grouped = keyed_group
+        key, grouped = keyed_group
         result = labelling.join_group(
-            self._config, grouped[_IMPRESSION], grouped[_FEEDBACK])
+            self._config, [labelling.Impression(*i) for i in grouped[_IMPRESSION]],
+            [labelling.Feedback(*f) for f in grouped[_FEEDBACK]], key)
         for outcome in result.outcomes:
             yield beam.pvalue.TaggedOutput("outcomes", outcome)
         for dead_letter in result.dead_letters:
@@ -113,12 +116,13 @@ class LogsToExamples(beam.PTransform):
     def expand(self, pipeline) -> Dict[str, beam.PCollection]:
         config_json = self._config.to_json()
         # Bytes, not str: a line that is not UTF-8 must reach the dead letters,
-        # not fail the read. Reshuffle spreads the lines of big files.
+        # not fail the read. (No reshuffle after reading: the grouping by key
+        # already spreads the work, and on the DirectRunner a reshuffle would
+        # hold every line in memory once more.)
         lines = (
             pipeline
             | "MatchFiles" >> fileio.MatchFiles(self._input_glob)
-            | "ReadFiles" >> beam.FlatMap(_read_file)
-            | "SpreadLines" >> beam.Reshuffle())
+            | "ReadFiles" >> beam.FlatMap(_read_file))
         parsed = lines | "Parse" >> beam.ParDo(_ParseLine(config_json)).with_outputs(
             _IMPRESSION, _FEEDBACK, _DEAD)
         joined = (

@@ -11,7 +11,8 @@ uses, a duplicate (the same event again), or a dead letter with a reason.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+import hashlib
+from typing import Dict, Iterable, List, NamedTuple, Optional, Union
 
 import tensorflow as tf
 
@@ -33,14 +34,45 @@ def dead_letter_outcome(reason: str) -> str:
     return DEAD_LETTER_PREFIX + reason
 
 
-@dataclasses.dataclass(frozen=True)
-class Impression:
-    """A valid impression with its features already in the config's dtypes."""
+def _fingerprint(event: log_contract.Event) -> str:
+    # 16 bytes stand for the whole event in the join's memory.
+    return hashlib.blake2b(event.fingerprint.encode(), digest_size=16).hexdigest()
 
-    event: log_contract.Event
-    features: Dict[str, Union[List[bytes], List[int], List[float]]]
+
+class Impression(NamedTuple):
+    """A valid impression, compact for the join: its features already in the
+    config's dtypes, serialized as a tf.Example, and the raw line kept only
+    for dead letters."""
+
+    ts: int
+    request_id: str
+    position: Optional[int]
+    fingerprint: str
+    features_example: bytes
     line: str
-    source: str = ""
+    source: str
+
+    @property
+    def features(self) -> Dict[str, list]:
+        """The converted features, {name: values} (for inspection)."""
+        feature_map = tf.train.Example.FromString(self.features_example).features.feature
+        return {name: list(getattr(f, f.WhichOneof("kind")).value) if f.WhichOneof("kind")
+                else [] for name, f in feature_map.items()}
+
+
+class Feedback(NamedTuple):
+    """A feedback event, compact for the join."""
+
+    type: str
+    ts: int
+    value: Optional[float]
+    fingerprint: str
+    line: str
+    source: str
+
+    @classmethod
+    def of(cls, event: log_contract.Event, line: str, source: str = "") -> "Feedback":
+        return cls(event.type, event.ts, event.value, _fingerprint(event), line, source)
 
 
 def _convert_scalar(value, dtype: str, where: str):
@@ -92,10 +124,13 @@ def to_impression(config: config_lib.Config, event: log_contract.Event, line: st
                   source: str = "") -> Union[Impression, log_contract.DeadLetter]:
     """Converts an impression's features to the config's dtypes, or says why not."""
     try:
-        features = {f.name: feature_values(f, raw_feature(event, f.name)) for f in config.features}
+        features = {f.name: typed_feature(f.dtype, feature_values(f, raw_feature(event, f.name)))
+                    for f in config.features}
     except ValueError as e:
         return log_contract.DeadLetter(log_contract.WRONG_TYPE, str(e), line, source)
-    return Impression(event, features, line, source)
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return Impression(event.ts, event.request_id, event.position, _fingerprint(event),
+                      example.SerializeToString(deterministic=True), line, source)
 
 
 def typed_feature(dtype: str, values) -> tf.train.Feature:
@@ -124,41 +159,37 @@ def _dead(result: JoinResult, reason: str, detail: str, line: str, source: str =
     result.outcomes.append(dead_letter_outcome(reason))
 
 
-def _count_repeats_once(items: list, event_of, result: JoinResult) -> list:
+def _count_repeats_once(items: list, result: JoinResult) -> list:
     """The items with exact repeats of an event removed (the first kept),
     each removed repeat counted as a duplicate."""
     seen, unique = set(), []
     for item in items:
-        fingerprint = event_of(item).fingerprint
-        if fingerprint in seen:
+        if item.fingerprint in seen:
             result.outcomes.append(DUPLICATES)
         else:
-            seen.add(fingerprint)
+            seen.add(item.fingerprint)
             unique.append(item)
     return unique
 
 
 def join_group(config: config_lib.Config, impressions: Iterable[Impression],
-               feedback: Iterable[Tuple[log_contract.Event, str, str]]) -> JoinResult:
+               feedback: Iterable[Feedback], key=("?", "?")) -> JoinResult:
     """Labels one impression with the feedback sharing its key.
 
-    `feedback` holds (event, raw line, source file), the last two for dead
-    letters. An event repeated exactly (at-least-once delivery) counts once;
+    An event repeated exactly (at-least-once delivery) counts once;
     its repeats are counted as duplicates. Of several different impressions
     with one key, the earliest is kept (ties broken by the line, so the
     result does not depend on input order) and the others are dead-lettered
-    as conflicting.
+    as conflicting. `key` is the group's (request_id, item_id), for messages.
     """
     result = JoinResult()
-    impressions = _count_repeats_once(
-        sorted(impressions, key=lambda i: (i.event.ts, i.line)), lambda i: i.event, result)
-    feedback = _count_repeats_once(
-        sorted(feedback, key=lambda f: (f[0].ts, f[1])), lambda f: f[0], result)
+    impressions = _count_repeats_once(sorted(impressions, key=lambda i: (i.ts, i.line)), result)
+    feedback = _count_repeats_once(sorted(feedback, key=lambda f: (f.ts, f.line)), result)
     if not impressions:
-        for event, line, source in feedback:
+        for event in feedback:
             _dead(result, log_contract.ORPHAN_FEEDBACK,
-                  f"no impression with request_id={event.request_id!r} item_id={event.item_id!r}",
-                  line, source)
+                  f"no impression with request_id={key[0]!r} item_id={key[1]!r}",
+                  event.line, event.source)
         return result
     kept, conflicting_ones = impressions[0], impressions[1:]
     for conflicting in conflicting_ones:
@@ -170,15 +201,15 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
     tasks_by_feedback: Dict[str, List[config_lib.TaskConfig]] = {}
     for task in config.tasks:
         tasks_by_feedback.setdefault(task.feedback, []).append(task)
-    for event, line, source in feedback:
+    for event in feedback:
         tasks = tasks_by_feedback.get(event.type)
         if not tasks:
             result.outcomes.append(FEEDBACK_UNUSED_TYPE)
             continue
-        delay_s = (event.ts - kept.event.ts) / MICROS
+        delay_s = (event.ts - kept.ts) / MICROS
         if delay_s < 0:
             _dead(result, log_contract.FEEDBACK_BEFORE_IMPRESSION,
-                  f"{-delay_s:.3f} s before its impression", line, source)
+                  f"{-delay_s:.3f} s before its impression", event.line, event.source)
             continue
         merged = False
         for task in tasks:
@@ -190,18 +221,16 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
                     labels[task.name] += event.value if event.value is not None else 1.0
         result.outcomes.append(FEEDBACK_MERGED if merged else FEEDBACK_LATE)
 
-    feature_map = {
-        f.name: typed_feature(f.dtype, kept.features[f.name]) for f in config.features
-    }
+    example = tf.train.Example.FromString(kept.features_example)
+    feature_map = example.features.feature
     for task in config.tasks:
-        feature_map[task.label_key] = typed_feature("float", [labels[task.name]])
-    event = kept.event
-    feature_map[config_lib.REQUEST_ID] = typed_feature("string", [event.request_id.encode()])
-    feature_map[config_lib.IMPRESSION_TS] = typed_feature("int64", [event.ts])
-    if event.position is not None:
-        feature_map[config_lib.POSITION] = typed_feature("int64", [event.position])
-    result.example = tf.train.Example(features=tf.train.Features(feature=feature_map))
-    result.impression_ts = event.ts
+        feature_map[task.label_key].CopyFrom(typed_feature("float", [labels[task.name]]))
+    feature_map[config_lib.REQUEST_ID].CopyFrom(typed_feature("string", [kept.request_id.encode()]))
+    feature_map[config_lib.IMPRESSION_TS].CopyFrom(typed_feature("int64", [kept.ts]))
+    if kept.position is not None:
+        feature_map[config_lib.POSITION].CopyFrom(typed_feature("int64", [kept.position]))
+    result.example = example
+    result.impression_ts = kept.ts
     result.outcomes.append(EXAMPLE)
     return result
 

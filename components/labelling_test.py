@@ -64,7 +64,7 @@ def _feedback(type_="click", delay_s=60.0, value=None, request_id="r1", item_id=
     ts = T0 + int(delay_s * MICROS)
     event = lc.Event(type=type_, ts=ts, request_id=request_id, user_id="u1",
                      item_id=item_id, value=value)
-    return event, line if line is not None else f"{type_}@{ts}", source
+    return labelling.Feedback.of(event, line if line is not None else f"{type_}@{ts}", source)
 
 
 def _values(example, key):
@@ -305,7 +305,7 @@ def test_feedback_window_is_measured_from_the_kept_impression():
 def test_orphan_feedback_is_dead_lettered_with_source():
     fb = [_feedback(delay_s=1, line="orphan-1", source="x.jsonl"),
           _feedback("like", delay_s=2, line="orphan-2", source="y.jsonl.gz")]
-    result = labelling.join_group(CONFIG, [], fb)
+    result = labelling.join_group(CONFIG, [], fb, ("r1", "i1"))
     assert result.example is None and result.impression_ts is None
     assert result.outcomes == [labelling.dead_letter_outcome(lc.ORPHAN_FEEDBACK)] * 2
     assert sorted((d.reason, d.line, d.source) for d in result.dead_letters) == [
