@@ -7,6 +7,7 @@ heavy user does not become a hot key), label, and split by time: the last
 """
 from __future__ import annotations
 
+import collections
 import json
 from typing import Dict, Iterator, Tuple, Union
 
@@ -14,6 +15,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
 
 from components import labelling, log_contract, log_files
 from pipeline import config as config_lib
@@ -35,25 +37,60 @@ def _read_file(metadata) -> Iterator:
             yield record if isinstance(record, log_contract.DeadLetter) else (path, record)
 
 
-class _ParseLine(beam.DoFn):
-    """(source file, raw line) -> impression or feedback keyed by
-    (request_id, item_id), or a dead letter."""
+class _CountingDoFn(beam.DoFn):
+    """A DoFn that counts outcomes per bundle and emits the totals once at
+    the bundle's end: a handful of elements per bundle instead of one per
+    line through the counting combine."""
+
+    COUNTS = "counts"
 
     def __init__(self, config_json: str):
         self._config_json = config_json
         self._config = None
+        self._counts = None
 
     def setup(self):
         self._config = config_lib.config_from_json(self._config_json)
 
+    def start_bundle(self):
+        self._counts = collections.Counter()
+
+    def finish_bundle(self):
+        for outcome, count in self._counts.items():
+            yield beam.pvalue.TaggedOutput(
+                self.COUNTS, GlobalWindows.windowed_value((outcome, count)))
+
+
+class _ParseLine(_CountingDoFn):
+    """(source file, raw line) -> impression or feedback keyed by
+    (request_id, item_id), or a dead letter; also the latest impression
+    time seen, for the time split."""
+
+    LAST_TS = "last_ts"
+
+    def start_bundle(self):
+        super().start_bundle()
+        self._last_ts = None
+
+    def finish_bundle(self):
+        yield from super().finish_bundle()
+        if self._last_ts is not None:
+            yield beam.pvalue.TaggedOutput(
+                self.LAST_TS, GlobalWindows.windowed_value(self._last_ts))
+
+    def _dead(self, dead_letter: log_contract.DeadLetter):
+        self._counts[labelling.dead_letter_outcome(dead_letter.reason)] += 1
+        return beam.pvalue.TaggedOutput(_DEAD, dead_letter)
+
     def process(self, record: Union[Tuple[str, bytes], log_contract.DeadLetter]):
+        self._counts[LINES_READ] += 1
         if isinstance(record, log_contract.DeadLetter):
-            yield beam.pvalue.TaggedOutput(_DEAD, record)
+            yield self._dead(record)
             return
         source, raw = record
         event = log_contract.parse_event(raw, source)
         if isinstance(event, log_contract.DeadLetter):
-            yield beam.pvalue.TaggedOutput(_DEAD, event)
+            yield self._dead(event)
             return
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if not event.is_impression:
@@ -63,31 +100,31 @@ class _ParseLine(beam.DoFn):
             return
         impression = labelling.to_impression(self._config, event, line, source)
         if isinstance(impression, log_contract.DeadLetter):
-            yield beam.pvalue.TaggedOutput(_DEAD, impression)
+            yield self._dead(impression)
             return
+        self._last_ts = max(self._last_ts or event.ts, event.ts)
         yield beam.pvalue.TaggedOutput(_IMPRESSION, (event.key, tuple(impression)))
 
 
-class _JoinAndLabel(beam.DoFn):
-    def __init__(self, config_json: str):
-        self._config_json = config_json
-        self._config = None
+class _JoinAndLabel(_CountingDoFn):
+    """One (request_id, item_id) group -> a labelled example under its
+    split's tag, dead letters, and counts."""
 
-    def setup(self):
-        self._config = config_lib.config_from_json(self._config_json)
-
-    def process(self, keyed_group):
+    def process(self, keyed_group, last_impression_ts: int):
         key, grouped = keyed_group
         result = labelling.join_group(
             self._config, [labelling.Impression(*i) for i in grouped[_IMPRESSION]],
             [labelling.Feedback(*f) for f in grouped[_FEEDBACK]], key)
-        for outcome in result.outcomes:
-            yield beam.pvalue.TaggedOutput("outcomes", outcome)
+        self._counts.update(result.outcomes)
         for dead_letter in result.dead_letters:
             yield beam.pvalue.TaggedOutput(_DEAD, dead_letter)
         if result.example is not None:
+            split = labelling.split_of(result.impression_ts, labelling.eval_start_day(
+                last_impression_ts, self._config.split.eval_days))
+            self._counts[split_count_key(split)] += 1
             # Deterministic: the same input gives the same bytes on every run.
-            yield (result.impression_ts, result.example.SerializeToString(deterministic=True))
+            yield beam.pvalue.TaggedOutput(
+                split, result.example.SerializeToString(deterministic=True))
 
 
 def split_count_key(split: str) -> str:
@@ -124,45 +161,28 @@ class LogsToExamples(beam.PTransform):
             | "MatchFiles" >> fileio.MatchFiles(self._input_glob)
             | "ReadFiles" >> beam.FlatMap(_read_file))
         parsed = lines | "Parse" >> beam.ParDo(_ParseLine(config_json)).with_outputs(
-            _IMPRESSION, _FEEDBACK, _DEAD)
+            _IMPRESSION, _FEEDBACK, _DEAD, _CountingDoFn.COUNTS, _ParseLine.LAST_TS)
+        last_impression_ts = (
+            parsed[_ParseLine.LAST_TS]
+            | "LastImpressionTs" >> beam.CombineGlobally(max).without_defaults())
         joined = (
             {_IMPRESSION: parsed[_IMPRESSION], _FEEDBACK: parsed[_FEEDBACK]}
             | "GroupByImpressionKey" >> beam.CoGroupByKey()
-            | "JoinAndLabel" >> beam.ParDo(_JoinAndLabel(config_json)).with_outputs(
-                "outcomes", _DEAD, main="examples"))
-
-        last_ts = (
-            joined.examples
-            | "ImpressionTs" >> beam.Map(lambda ts_example: ts_example[0])
-            | "LastImpressionTs" >> beam.CombineGlobally(max).without_defaults())
-        eval_days = self._config.split.eval_days
-        partitioned = joined.examples | "SplitByTime" >> beam.Partition(
-            lambda ts_example, _, last: SPLITS.index(labelling.split_of(
-                ts_example[0], labelling.eval_start_day(last, eval_days))),
-            len(SPLITS), beam.pvalue.AsSingleton(last_ts))
-
-        dead_letters = (
+            | "JoinLabelSplit" >> beam.ParDo(
+                # No impressions at all: the join meets only orphans and
+                # never needs the value.
+                _JoinAndLabel(config_json),
+                beam.pvalue.AsSingleton(last_impression_ts, default_value=None)
+            ).with_outputs(_DEAD, _CountingDoFn.COUNTS, *SPLITS))
+        result = {split: joined[split] for split in SPLITS}
+        result["dead_letters"] = (
             (parsed[_DEAD], joined[_DEAD])
-            | "AllDeadLetters" >> beam.Flatten())
-        split_outcomes = tuple(
-            partitioned[i] | f"{split}Counted" >> beam.Map(lambda _, s=split: split_count_key(s))
-            for i, split in enumerate(SPLITS))
-        outcomes = (
-            (
-                lines | "LineRead" >> beam.Map(lambda _: LINES_READ),
-                parsed[_DEAD] | "ParseDeadOutcome" >> beam.Map(
-                    lambda d: labelling.dead_letter_outcome(d.reason)),
-                joined.outcomes,
-            ) + split_outcomes
-            | "AllOutcomes" >> beam.Flatten()
-            | "CountOutcomes" >> beam.combiners.Count.PerElement()
+            | "AllDeadLetters" >> beam.Flatten()
+            | "DeadLetterJson" >> beam.Map(log_contract.DeadLetter.to_json))
+        result["counts"] = (
+            (parsed[_CountingDoFn.COUNTS], joined[_CountingDoFn.COUNTS])
+            | "AllCounts" >> beam.Flatten()
+            | "SumCounts" >> beam.CombinePerKey(sum)
             | "CountsToList" >> beam.combiners.ToList()
             | "CountsToJson" >> beam.Map(_counts_to_json))
-        result = {
-            split: partitioned[i] | f"{split}Bytes" >> beam.Map(lambda ts_example: ts_example[1])
-            for i, split in enumerate(SPLITS)
-        }
-        result["dead_letters"] = dead_letters | "DeadLetterJson" >> beam.Map(
-            log_contract.DeadLetter.to_json)
-        result["counts"] = outcomes
         return result

@@ -466,3 +466,11 @@ def test_json_csv_and_parquet_mix_in_one_run(tmp_path):
     by_request = {tf.train.Example.FromString(b).features.feature["request_id"].bytes_list
                   .value[0]: tf.train.Example.FromString(b) for b in result["eval"]}
     assert by_request[b"r3"].features.feature["price"].float_list.value[0] == 2.0
+
+
+def test_feedback_only_logs_are_all_orphans(tmp_path):
+    path = tmp_path / "only-feedback.jsonl"
+    path.write_bytes(_fb("click", "r1", "i1", "2024-03-01T10:00:00Z") + b"\n")
+    result = _run(str(path), str(tmp_path / "out"))
+    assert result["counts"] == {"lines_read": 1, "dead_letter.orphan_feedback": 1}
+    assert result["train"] == result["eval"] == []

@@ -123,25 +123,30 @@ def raw_feature(event: log_contract.Event, name: str):
 def to_impression(config: config_lib.Config, event: log_contract.Event, line: str,
                   source: str = "") -> Union[Impression, log_contract.DeadLetter]:
     """Converts an impression's features to the config's dtypes, or says why not."""
+    example = tf.train.Example()
+    feature_map = example.features.feature
     try:
-        features = {f.name: typed_feature(f.dtype, feature_values(f, raw_feature(event, f.name)))
-                    for f in config.features}
+        for f in config.features:
+            set_feature(feature_map, f.name, f.dtype, feature_values(f, raw_feature(event, f.name)))
     except ValueError as e:
         return log_contract.DeadLetter(log_contract.WRONG_TYPE, str(e), line, source)
-    example = tf.train.Example(features=tf.train.Features(feature=features))
     return Impression(event.ts, event.request_id, event.position, _fingerprint(event),
                       example.SerializeToString(deterministic=True), line, source)
 
 
-def typed_feature(dtype: str, values) -> tf.train.Feature:
-    """A tf.Example feature of the config dtype. The dtype is explicit
-    because an empty list still needs the feature's own kind, or the schema
-    would see one feature with two types."""
-    if dtype == "string":
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-    if dtype == "int64":
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+_VALUE_LISTS = {"string": "bytes_list", "int64": "int64_list", "float": "float_list"}
+
+
+def set_feature(feature_map, name: str, dtype: str, values) -> None:
+    """Writes values of the config dtype into a tf.Example's feature map, in
+    place (no intermediate protos: this runs for every feature of every
+    impression). The dtype is explicit because an empty list still needs the
+    feature's own kind, or the schema would see one feature with two types."""
+    value_list = getattr(feature_map[name], _VALUE_LISTS[dtype])
+    if values:
+        value_list.value.extend(values)
+    else:
+        value_list.SetInParent()
 
 
 @dataclasses.dataclass
@@ -224,11 +229,11 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
     example = tf.train.Example.FromString(kept.features_example)
     feature_map = example.features.feature
     for task in config.tasks:
-        feature_map[task.label_key].CopyFrom(typed_feature("float", [labels[task.name]]))
-    feature_map[config_lib.REQUEST_ID].CopyFrom(typed_feature("string", [kept.request_id.encode()]))
-    feature_map[config_lib.IMPRESSION_TS].CopyFrom(typed_feature("int64", [kept.ts]))
+        set_feature(feature_map, task.label_key, "float", [labels[task.name]])
+    set_feature(feature_map, config_lib.REQUEST_ID, "string", [kept.request_id.encode()])
+    set_feature(feature_map, config_lib.IMPRESSION_TS, "int64", [kept.ts])
     if kept.position is not None:
-        feature_map[config_lib.POSITION].CopyFrom(typed_feature("int64", [kept.position]))
+        set_feature(feature_map, config_lib.POSITION, "int64", [kept.position])
     result.example = example
     result.impression_ts = kept.ts
     result.outcomes.append(EXAMPLE)
