@@ -1,9 +1,10 @@
 """The one config that every stage of mtrank reads.
 
-A YAML file declares the model name, the features (how each raw impression
-feature becomes model input), the tasks (which feedback labels which output,
-over which window), the split and the training settings. Loading validates it
-and names the offending field; `infer_config` builds one from logs.
+A YAML file declares the model name, the input (interaction logs, or
+already-labelled CSV or TFRecord files), the features (how each raw impression
+feature becomes model input), the tasks (which feedback, or which column,
+labels which output), the split and the training settings. Loading validates
+it and names the offending field; `infer_config` builds one from logs.
 
 Adding a task or a feature is an edit of this file's YAML and nothing else:
 ExampleGen labels examples from `tasks`, Transform and the model read
@@ -24,7 +25,12 @@ ITEM_ID = "item_id"
 REQUEST_ID = "request_id"
 POSITION = "position"
 IMPRESSION_TS = "impression_ts"
-RESERVED_NAMES = frozenset({REQUEST_ID, POSITION, IMPRESSION_TS})
+SPLIT_KEY = "split_key"  # tabular input: the seeded hash ExampleGen splits by
+RESERVED_NAMES = frozenset({REQUEST_ID, POSITION, IMPRESSION_TS, SPLIT_KEY})
+
+INPUT_FORMATS = ("logs", "csv", "tfrecord")
+TABULAR_FORMATS = ("csv", "tfrecord")
+SPLIT_NAMES = ("train", "eval", "test")
 
 FEATURE_KINDS = ("categorical", "numeric", "multivalent")
 CATEGORICAL_ENCODINGS = ("hashing", "vocabulary")
@@ -106,17 +112,33 @@ class EvalBounds:
     max_mse_increase: Optional[float] = None
 
 
+# Task fields that apply to one input format only.
+_TASK_FIELDS_BY_FORMAT = {
+    "logs": ("feedback", "label_window_s"),
+    "csv": ("label_column", "positive_values"),
+    "tfrecord": (),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-    """One model output, labelled by one feedback type.
+    """One model output.
 
-    A binary task's label is 1 if feedback of type `feedback` arrived within
-    `label_window_s` seconds after the impression. A regression task's label
-    is the sum of those events' `value`s.
+    From logs, labelled by one feedback type: a binary task's label is 1 if
+    feedback of type `feedback` arrived within `label_window_s` seconds after
+    the impression; a regression task's label is the sum of those events'
+    `value`s.
+
+    From CSV, labelled by the column `label_column`: a binary task's label is
+    1 if the column's value is one of `positive_values`, a regression task's
+    label is the column's number. TFRecord input already holds the label as
+    the feature `<name>_label`.
     """
 
     name: str
-    feedback: str
+    feedback: Optional[str] = None
+    label_column: Optional[str] = None
+    positive_values: Optional[List[str]] = None
     type: str = "binary"
     label_window_s: int = 3600
     loss_weight: float = 1.0
@@ -126,12 +148,83 @@ class TaskConfig:
     def label_key(self) -> str:
         return f"{self.name}_label"
 
+    def relevant_fields(self, input_format: str) -> Dict[str, Any]:
+        """The fields that apply to this task on `input_format`, for the YAML
+        a user edits: only this type's eval bounds, only this format's label
+        fields."""
+        fields = dataclasses.asdict(self)
+        for other_format, names in _TASK_FIELDS_BY_FORMAT.items():
+            if other_format != input_format:
+                for name in names:
+                    fields.pop(name)
+        if fields.get("positive_values") is None:
+            fields.pop("positive_values", None)
+        fields["eval"] = {k: v for k, v in fields["eval"].items()
+                          if k.startswith("max_mse") == (self.type == "regression")}
+        return fields
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
     """Time split: the last `eval_days` calendar days (UTC) are evaluation."""
 
     eval_days: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSplitConfig:
+    """Tabular input: percentages of the rows in each split (a split of 0 is
+    left out), assigned by a hash of the row and `seed`, so the same rows
+    land in the same split on every run."""
+
+    train: int = 80
+    eval: int = 20
+    test: int = 0
+    seed: int = 0
+
+    def percentages(self) -> Dict[str, int]:
+        """{split name: percentage} of the non-empty splits, in order."""
+        return {name: getattr(self, name) for name in SPLIT_NAMES if getattr(self, name)}
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """What the pipeline reads.
+
+    logs: interaction logs (JSON Lines, the log contract); tasks name their
+      feedback and the split is by time (`split`).
+    csv: one labelled example per row. `column_names` names the columns in
+      order when the files have no header line (otherwise the first line of
+      each file is the header). Fields are separated by `delimiter` (spaces
+      around a field are removed, so ", " and "," read alike); an empty field
+      or one of `missing_values` is missing and becomes the feature's
+      default. `exclude_columns` are never features.
+    tfrecord: gzipped or plain TFRecord files of tf.Example, already holding
+      each task's label as the feature `<task>_label`.
+    Both tabular formats are split by `split` (percentages and a seed).
+    """
+
+    format: str = "logs"
+    column_names: Optional[List[str]] = None
+    delimiter: str = ","
+    missing_values: List[str] = dataclasses.field(default_factory=list)
+    exclude_columns: List[str] = dataclasses.field(default_factory=list)
+    split: InputSplitConfig = dataclasses.field(default_factory=InputSplitConfig)
+
+    @property
+    def is_tabular(self) -> bool:
+        return self.format in TABULAR_FORMATS
+
+    def relevant_fields(self) -> Dict[str, Any]:
+        """The fields that apply to this format, for the YAML a user edits."""
+        fields = dataclasses.asdict(self)
+        if self.format == "logs":
+            return {"format": self.format}
+        if self.format == "tfrecord":
+            return {"format": self.format, "split": fields["split"]}
+        if self.column_names is None:
+            fields.pop("column_names")
+        return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +237,9 @@ class TrainingConfig:
     `early_stopping_patience` epochs without improvement): the number of
     steps then follows the data size. `train_steps` / `eval_steps` fix the
     step counts instead (the train data repeats as needed).
+
+    `gpus` / `gpu_type` are the Trainer's accelerators where the pipeline runs
+    on a cluster (Kubeflow, Vertex AI); locally every visible GPU is used.
     """
 
     epochs: int = 5
@@ -155,6 +251,8 @@ class TrainingConfig:
     bottom_units: List[int] = dataclasses.field(default_factory=lambda: [256, 128])
     tower_units: List[int] = dataclasses.field(default_factory=lambda: [64])
     seed: int = 0
+    gpus: int = 0
+    gpu_type: str = "NVIDIA_TESLA_T4"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +262,7 @@ class Config:
     tasks: List[TaskConfig]
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
 
     def feature(self, name: str) -> FeatureConfig:
         for feature in self.features:
@@ -180,7 +279,17 @@ class Config:
         return max(task.label_window_s for task in self.tasks)
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields that apply to this config's input format (what
+        `config_from_dict` accepts back): logs configs have no `input`
+        section, tabular ones no time `split` and no feedback fields."""
+        raw = dataclasses.asdict(self)
+        raw["tasks"] = [task.relevant_fields(self.input.format) for task in self.tasks]
+        if self.input.is_tabular:
+            del raw["split"]
+            raw["input"] = self.input.relevant_fields()
+        else:
+            del raw["input"]
+        return raw
 
     def to_json(self) -> str:
         """Compact form passed to TFX components as an execution property."""
@@ -191,9 +300,8 @@ class Config:
         that matter for its kind (the others keep their defaults)."""
         raw = self.to_dict()
         raw["features"] = [f.relevant_fields() for f in self.features]
-        for task in raw["tasks"]:
-            task["eval"] = {k: v for k, v in task["eval"].items()
-                            if k.startswith("max_mse") == (task["type"] == "regression")}
+        if "input" in raw:  # the input first: it says how to read everything below
+            raw = {"model_name": raw.pop("model_name"), "input": raw.pop("input"), **raw}
         return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -254,16 +362,42 @@ def _feature_from_dict(raw: Dict[str, Any], where: str) -> FeatureConfig:
     return feature
 
 
-def _task_from_dict(raw: Dict[str, Any], where: str) -> TaskConfig:
+_LABEL_HINTS = {
+    "logs": "tasks from logs name their feedback",
+    "csv": "tasks from csv name a label_column",
+    "tfrecord": "tfrecord input holds each label as the feature <task>_label",
+}
+
+
+def _stripped_strings(value, where: str) -> List[str]:
+    """A list of strings compared with CSV fields, which are read without the
+    spaces around them."""
+    _expect(value, list, where)
+    for i, item in enumerate(value):
+        _expect(item, str, f"{where}[{i}]")
+        if item != item.strip():
+            raise ConfigError(f"{where}[{i}]: {item!r} has spaces around it; CSV fields are "
+                              "compared with those removed")
+    return value
+
+
+def _task_from_dict(raw: Dict[str, Any], where: str, input_format: str = "logs") -> TaskConfig:
     _check_fields(TaskConfig, raw, where)
-    for required in ("name", "feedback"):
+    label_source = _TASK_FIELDS_BY_FORMAT[input_format][:1]  # feedback / label_column / none
+    for required in ("name",) + label_source:
         if required not in raw:
             raise ConfigError(f"{where}: missing required field '{required}'")
     name = _expect(raw["name"], str, f"{where}.name")
     where = f"tasks[{name}]"
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}.name: must match {_NAME_RE.pattern}")
-    _expect(raw["feedback"], str, f"{where}.feedback")
+    for field in label_source:
+        _expect(raw[field], str, f"{where}.{field}")
+    for other_format, fields in _TASK_FIELDS_BY_FORMAT.items():
+        for field in fields:
+            if other_format != input_format and field in raw:
+                raise ConfigError(f"{where}.{field}: does not apply to {input_format} input "
+                                  f"({_LABEL_HINTS[input_format]})")
     raw = dict(raw)
     eval_raw = raw.pop("eval", None) or {}
     _check_fields(EvalBounds, eval_raw, f"{where}.eval")
@@ -279,13 +413,108 @@ def _task_from_dict(raw: Dict[str, Any], where: str) -> TaskConfig:
         if eval_raw.get(key) is not None:
             raise ConfigError(f"{where}.eval.{key}: does not apply to a {task_type} task "
                               f"(use {' / '.join(own)})")
+    if input_format == "csv":
+        if task_type == "binary":
+            if "positive_values" not in raw:
+                raise ConfigError(f"{where}: a binary task on csv input needs positive_values "
+                                  f"(the label is 1 if {raw['label_column']} is one of them)")
+            if not _stripped_strings(raw["positive_values"], f"{where}.positive_values"):
+                raise ConfigError(f"{where}.positive_values: at least one value is needed")
+        elif "positive_values" in raw:
+            raise ConfigError(f"{where}.positive_values: does not apply to a regression task "
+                              "(its label is the column's number)")
     bounds = dataclasses.replace(EvalBounds(**eval_raw), **{key: None for key in other})
     task = TaskConfig(**raw, eval=bounds)
-    _positive(task.label_window_s, f"{where}.label_window_s")
+    if input_format == "logs":
+        _positive(task.label_window_s, f"{where}.label_window_s")
     _expect(task.loss_weight, (int, float), f"{where}.loss_weight")
     if task.loss_weight < 0:
         raise ConfigError(f"{where}.loss_weight: must be >= 0")
     return task
+
+
+def _input_split_from_dict(raw, where: str) -> InputSplitConfig:
+    raw = {} if raw is None else raw
+    _check_fields(InputSplitConfig, raw, where)
+    split = InputSplitConfig(**raw)
+    _expect(split.seed, int, f"{where}.seed")
+    for name in SPLIT_NAMES:
+        if _expect(getattr(split, name), int, f"{where}.{name}") < 0:
+            raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(split, name)}")
+    for name in ("train", "eval"):
+        if not getattr(split, name):
+            raise ConfigError(f"{where}.{name}: must be > 0 (the Trainer trains on train and "
+                              "validates on eval, the Evaluator evaluates eval)")
+    total = sum(getattr(split, name) for name in SPLIT_NAMES)
+    if total != 100:
+        raise ConfigError(f"{where}: train + eval + test must be 100 (percent), got {total}")
+    return split
+
+
+# The input fields that apply to each format.
+_INPUT_FIELDS_BY_FORMAT = {
+    "logs": ("format",),
+    "csv": tuple(f.name for f in dataclasses.fields(InputConfig)),
+    "tfrecord": ("format", "split"),
+}
+
+
+def _input_from_dict(raw) -> InputConfig:
+    if raw is None:
+        return InputConfig()
+    _check_fields(InputConfig, raw, "input")
+    input_format = _one_of(raw.get("format", "logs"), INPUT_FORMATS, "input.format")
+    for field in raw:
+        if field not in _INPUT_FIELDS_BY_FORMAT[input_format]:
+            raise ConfigError(f"input.{field}: does not apply to {input_format} input")
+    raw = dict(raw)
+    split = _input_split_from_dict(raw.pop("split", None), "input.split")
+    config = InputConfig(**raw, split=split)
+    if config.column_names is not None:
+        if not _stripped_strings(config.column_names, "input.column_names"):
+            raise ConfigError("input.column_names: at least one column is needed "
+                              "(or leave it out to read each file's header line)")
+        repeated = sorted({c for c in config.column_names if config.column_names.count(c) > 1})
+        if repeated:
+            raise ConfigError(f"input.column_names: names must be unique; repeated: {repeated}")
+    delimiter = _expect(config.delimiter, str, "input.delimiter")
+    if (len(delimiter) != 1 and len(delimiter.strip()) != 1) or delimiter.strip() == '"':
+        raise ConfigError("input.delimiter: must be one character other than '\"', optionally "
+                          f"with spaces around it (',' or ', '), got {delimiter!r}")
+    _stripped_strings(config.missing_values, "input.missing_values")
+    _stripped_strings(config.exclude_columns, "input.exclude_columns")
+    return config
+
+
+def _check_csv_columns(config: Config) -> None:
+    """Labels and excluded columns are never features; with column_names,
+    every column the config names must be one of them."""
+    label_columns = {t.label_column: t.name for t in config.tasks}
+    for feature in config.features:
+        where = f"features[{feature.name}]"
+        if feature.kind == "multivalent":
+            raise ConfigError(f"{where}: a multivalent feature cannot be read from csv input "
+                              "(one value per column)")
+        if feature.name in label_columns:
+            raise ConfigError(f"{where}: column '{feature.name}' is the label of task "
+                              f"{label_columns[feature.name]}, never a feature")
+        if feature.name in config.input.exclude_columns:
+            raise ConfigError(f"{where}: column '{feature.name}' is in input.exclude_columns")
+    columns = config.input.column_names
+    if columns is None:
+        return  # the header is checked when the files are read
+    for feature in config.features:
+        if feature.name not in columns:
+            raise ConfigError(f"features[{feature.name}]: no column '{feature.name}' in "
+                              "input.column_names")
+    for task in config.tasks:
+        if task.label_column not in columns:
+            raise ConfigError(f"tasks[{task.name}].label_column: no column "
+                              f"'{task.label_column}' in input.column_names")
+    unknown = [c for c in config.input.exclude_columns if c not in columns]
+    if unknown:
+        raise ConfigError(f"input.exclude_columns: no such column(s) {unknown} in "
+                          "input.column_names")
 
 
 def _section(cls, raw, where: str):
@@ -302,8 +531,12 @@ def _section(cls, raw, where: str):
                 _positive(unit, f"{where}.{field.name}[{i}]")
         elif field.name == "learning_rate":
             _positive(value, f"{where}.{field.name}", (int, float))
-        elif field.name == "seed":
+        elif field.name in ("seed", "gpus"):
             _expect(value, int, f"{where}.{field.name}")
+            if value < 0:
+                raise ConfigError(f"{where}.{field.name}: must be >= 0, got {value!r}")
+        elif field.name == "gpu_type":
+            _expect(value, str, f"{where}.{field.name}")
         else:
             _positive(value, f"{where}.{field.name}")
     return section
@@ -324,8 +557,13 @@ def config_from_dict(raw: Dict[str, Any]) -> Config:
         raise ConfigError("features: at least one feature is needed")
     if not tasks_raw:
         raise ConfigError("tasks: at least one task is needed")
+    input_config = _input_from_dict(raw.get("input"))
+    if input_config.is_tabular and "split" in raw:
+        raise ConfigError(f"split: the time split applies to logs input; {input_config.format} "
+                          "input is split by input.split")
     features = [_feature_from_dict(f, f"features[{i}]") for i, f in enumerate(features_raw)]
-    tasks = [_task_from_dict(t, f"tasks[{i}]") for i, t in enumerate(tasks_raw)]
+    tasks = [_task_from_dict(t, f"tasks[{i}]", input_config.format)
+             for i, t in enumerate(tasks_raw)]
     for kind, names in (("feature", [f.name for f in features]), ("task", [t.name for t in tasks])):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -338,13 +576,17 @@ def config_from_dict(raw: Dict[str, Any]) -> Config:
         # to, and TFMA never blesses a model that meets no bound at all.
         raise ConfigError("tasks: at least one task needs an absolute bound (eval.min_auc or "
                           "eval.max_mse), or no first model can be blessed")
-    return Config(
+    config = Config(
         model_name=model_name,
         features=features,
         tasks=tasks,
         split=_section(SplitConfig, raw.get("split"), "split"),
         training=_section(TrainingConfig, raw.get("training"), "training"),
+        input=input_config,
     )
+    if config.input.format == "csv":
+        _check_csv_columns(config)
+    return config
 
 
 def load_config(path: str) -> Config:

@@ -332,3 +332,188 @@ def test_load_missing_file_raises(tmp_path):
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+# --- tabular input ----------------------------------------------------------
+
+TABULAR_YAML = """\
+model_name: census
+input:
+  format: csv
+  column_names: [age, job, weight, income, status, score]
+  delimiter: ", "
+  missing_values: ["?"]
+  exclude_columns: [weight]
+  split: {train: 70, eval: 15, test: 15, seed: 7}
+features:
+  - {name: age, kind: numeric, dtype: int64}
+  - {name: job, kind: categorical, dtype: string, encoding: vocabulary}
+tasks:
+  - {name: rich, label_column: income, positive_values: ["50000+."], eval: {min_auc: 0.8}}
+  - {name: single, label_column: status, positive_values: ["Never married", "Single"]}
+  - {name: score, label_column: score, type: regression, eval: {max_mse: 4}}
+"""
+
+
+def _tabular():
+    return yaml.safe_load(TABULAR_YAML)
+
+
+def _tabular_set(path, value, delete=False):
+    raw = _tabular()
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    if delete:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return raw
+
+
+def test_logs_is_the_default_input_format():
+    config = config_lib.config_from_dict(_raw())
+    assert config.input == config_lib.InputConfig() and config.input.format == "logs"
+    assert not config.input.is_tabular
+    # A logs config's YAML and JSON have no input section.
+    assert "input" not in yaml.safe_load(config.to_yaml()) and "input" not in config.to_dict()
+
+
+def test_csv_config_loads():
+    config = config_lib.config_from_dict(_tabular())
+    assert config.input.format == "csv" and config.input.is_tabular
+    assert config.input.column_names == ["age", "job", "weight", "income", "status", "score"]
+    assert config.input.delimiter == ", " and config.input.missing_values == ["?"]
+    assert config.input.split == config_lib.InputSplitConfig(70, 15, 15, seed=7)
+    assert config.input.split.percentages() == {"train": 70, "eval": 15, "test": 15}
+    rich, single, score = config.tasks
+    assert (rich.label_column, rich.positive_values, rich.feedback) == (
+        "income", ["50000+."], None)
+    assert single.positive_values == ["Never married", "Single"]
+    assert score.type == "regression" and score.positive_values is None
+    assert config.label_keys == ["rich_label", "single_label", "score_label"]
+
+
+def test_csv_input_defaults():
+    raw = _tabular()
+    raw["input"] = {"format": "csv"}
+    config = config_lib.config_from_dict(raw)
+    assert config.input.column_names is None  # read from each file's header
+    assert config.input.delimiter == "," and config.input.missing_values == []
+    assert config.input.split.percentages() == {"train": 80, "eval": 20}
+
+
+def test_tabular_round_trips_and_yaml_shows_only_what_applies(tmp_path):
+    config = config_lib.config_from_dict(_tabular())
+    assert config_lib.config_from_json(config.to_json()) == config
+    path = str(tmp_path / "saved.yaml")
+    config_lib.save_config(config, path)
+    assert config_lib.load_config(path) == config
+    saved = yaml.safe_load(config.to_yaml())
+    assert list(saved)[:2] == ["model_name", "input"] and "split" not in saved
+    for task in saved["tasks"]:
+        assert not {"feedback", "label_window_s"} & set(task)
+    assert "positive_values" not in saved["tasks"][2]
+
+
+def test_tfrecord_config_needs_no_label_fields():
+    config = config_lib.config_from_dict({
+        "model_name": "m",
+        "input": {"format": "tfrecord", "split": {"train": 60, "eval": 40}},
+        "features": [{"name": "age", "kind": "numeric", "dtype": "float"}],
+        "tasks": [{"name": "rich"}],
+    })
+    assert config.tasks[0].label_key == "rich_label"
+    assert config_lib.config_from_json(config.to_json()) == config
+    assert yaml.safe_load(config.to_yaml())["input"] == {
+        "format": "tfrecord", "split": {"train": 60, "eval": 40, "test": 0, "seed": 0}}
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    (("input", "format"), "parquet", "input.format: must be one of"),
+    (("input", "colums"), [], "input: unknown field(s) ['colums']"),
+    (("input", "delimiter"), "ab", "input.delimiter: must be one character"),
+    (("input", "delimiter"), "", "input.delimiter"),
+    (("input", "delimiter"), '"', "input.delimiter"),
+    (("input", "delimiter"), 1, "input.delimiter: expected str"),
+    (("input", "column_names"), "age,job", "input.column_names: expected list"),
+    (("input", "column_names"), [], "input.column_names: at least one column"),
+    (("input", "column_names"), ["age", "job", "age", "income", "status", "score"],
+     "input.column_names: names must be unique; repeated: ['age']"),
+    (("input", "column_names"), ["age", 3], "input.column_names[1]: expected str"),
+    (("input", "missing_values"), ["? "], "input.missing_values[0]: '? ' has spaces"),
+    (("input", "missing_values"), "?", "input.missing_values: expected list"),
+    (("input", "exclude_columns"), ["wieght"],
+     "input.exclude_columns: no such column(s) ['wieght']"),
+    (("input", "split", "train"), 60, "input.split: train + eval + test must be 100"),
+    (("input", "split", "eval"), 0, "input.split.eval: must be > 0"),
+    (("input", "split", "test"), -5, "input.split.test: must be >= 0"),
+    (("input", "split", "train"), 70.0, "input.split.train: expected int"),
+    (("input", "split", "seed"), "zero", "input.split.seed: expected int"),
+    (("input", "split", "valid"), 10, "input.split: unknown field(s) ['valid']"),
+    (("input",), "csv", "input: expected a mapping"),
+    (("split",), {"eval_days": 1}, "split: the time split applies to logs input"),
+    (("tasks", 0, "feedback"), "click", "tasks[rich].feedback: does not apply to csv input"),
+    (("tasks", 0, "label_window_s"), 60, "tasks[rich].label_window_s: does not apply"),
+    (("tasks", 0, "label_column"), 5, "tasks[rich].label_column: expected str"),
+    (("tasks", 0, "label_column"), "incme", "tasks[rich].label_column: no column 'incme'"),
+    (("tasks", 0, "positive_values"), [], "tasks[rich].positive_values: at least one"),
+    (("tasks", 0, "positive_values"), [1], "tasks[rich].positive_values[0]: expected str"),
+    (("tasks", 0, "positive_values"), "50000+.", "tasks[rich].positive_values: expected list"),
+    (("tasks", 2, "positive_values"), ["1"], "tasks[score].positive_values: does not apply "
+                                             "to a regression task"),
+    (("features", 1, "name"), "income", "features[income]: column 'income' is the label of "
+                                        "task rich"),
+    (("features", 1, "name"), "weight", "features[weight]: column 'weight' is in "
+                                        "input.exclude_columns"),
+    (("features", 1, "name"), "salary", "features[salary]: no column 'salary'"),
+    (("features", 1, "kind"), "multivalent", "features[job]: a multivalent feature cannot"),
+    (("features", 1, "name"), "split_key", "features[split_key].name: 'split_key' is reserved"),
+])
+def test_tabular_error_names_the_field(path, value, expected):
+    message = _error(_tabular_set(path, value))
+    assert expected in message, message
+
+
+@pytest.mark.parametrize("path, expected", [
+    (("tasks", 0, "label_column"), "tasks[0]: missing required field 'label_column'"),
+    (("tasks", 0, "positive_values"), "tasks[rich]: a binary task on csv input needs "
+                                      "positive_values"),
+])
+def test_tabular_missing_field(path, expected):
+    message = _error(_tabular_set(path, None, delete=True))
+    assert expected in message, message
+
+
+@pytest.mark.parametrize("input_raw, task, expected", [
+    ({"format": "logs", "delimiter": ","}, {"name": "t", "feedback": "click"},
+     "input.delimiter: does not apply to logs input"),
+    ({"format": "tfrecord", "column_names": ["a"]}, {"name": "t"},
+     "input.column_names: does not apply to tfrecord input"),
+    ({"format": "tfrecord"}, {"name": "t", "label_column": "a"},
+     "tasks[t].label_column: does not apply to tfrecord input"),
+    ({"format": "tfrecord"}, {"name": "t", "feedback": "click"},
+     "tasks[t].feedback: does not apply to tfrecord input"),
+    ({"format": "logs"}, {"name": "t", "feedback": "click", "positive_values": ["1"]},
+     "tasks[t].positive_values: does not apply to logs input"),
+    ({"format": "logs"}, {"name": "t"}, "tasks[0]: missing required field 'feedback'"),
+])
+def test_fields_of_other_formats_are_rejected(input_raw, task, expected):
+    message = _error({
+        "model_name": "m", "input": input_raw,
+        "features": [{"name": "a", "kind": "numeric", "dtype": "float"}], "tasks": [task]})
+    assert expected in message, message
+
+
+def test_shipped_census_config_is_valid():
+    import os
+
+    config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "configs",
+                                                 "census.yaml"))
+    assert len(config.input.column_names) == 42
+    assert [(t.name, t.label_column, t.positive_values) for t in config.tasks] == [
+        ("income", "income_50k", ["50000+."]), ("marital", "marital_stat", ["Never married"])]
+    # Every column but the labels and instance_weight is a feature.
+    assert [f.name for f in config.features] == [
+        c for c in config.input.column_names
+        if c not in ("income_50k", "marital_stat", "instance_weight")]

@@ -8,12 +8,22 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from components import tabular_example_gen
 from components.data_gate import DataValidationGate
 from components.log_example_gen import LogExampleGen
 from pipeline import config as config_lib
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
+
+
+def make_example_gen(input_glob: str, config: config_lib.Config):
+    """The ExampleGen for `config.input.format`: LogExampleGen joins logs into
+    labelled examples split by time; csv and tfrecord input is already
+    labelled, one example a row, split by hash (train / eval / test)."""
+    if config.input.format == "logs":
+        return LogExampleGen(input_glob=input_glob, config=config)
+    return tabular_example_gen.example_gen(input_glob, config)
 
 
 def create_pipeline(
@@ -27,11 +37,15 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     preprocessing_fn: str = PREPROCESSING_FN,
     run_fn: str = RUN_FN,
+    trainer_resources=None,
 ) -> tfx.dsl.Pipeline:
+    """The pipeline over `log_glob`: log files, or for `config.input.format`
+    csv / tfrecord the tabular files (or their directory). `trainer_resources`
+    (a KFP ResourceSpec) asks a cluster for the Trainer's GPUs."""
     custom_config = {"config_json": config.to_json()}
 
-    # Joins impressions with their feedback into labelled, time-split examples.
-    example_gen = LogExampleGen(input_glob=log_glob, config=config)
+    # Labelled examples in splits: train, eval (and, for tabular input, test).
+    example_gen = make_example_gen(log_glob, config)
 
     # Computes statistics over every split.
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -56,15 +70,20 @@ def create_pipeline(
         custom_config=custom_config)
     transform.add_upstream_node(data_gate)
 
-    # Trains the multi-task ranking model and exports it with its signatures.
+    # Trains the multi-task ranking model on train, validating on eval, and
+    # exports it with its signatures.
     trainer = tfx.components.Trainer(
         run_fn=run_fn,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps or 0),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps or 0),
+        train_args=tfx.proto.TrainArgs(
+            splits=["train"], num_steps=config.training.train_steps or 0),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=config.training.eval_steps or 0),
         custom_config=custom_config)
+    if trainer_resources is not None:
+        # Container resources (GPUs) where a cluster runs the pipeline.
+        trainer.with_platform_config(trainer_resources)
 
     # Finds the last blessed model, the baseline of the change bounds.
     model_resolver = tfx.dsl.Resolver(
