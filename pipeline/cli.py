@@ -51,14 +51,41 @@ def cmd_run(args) -> int:
     from pipeline import local_runner, run_summary
 
     config = _load_or_infer_config(args.config, args.logs)
-    summary = local_runner.run(args.logs, args.work_dir, config,
-                               beam_pipeline_args=args.beam_arg or None, verbose=args.verbose)
+    summary = local_runner.run(
+        args.logs, args.work_dir, config, beam_pipeline_args=args.beam_arg or None,
+        verbose=args.verbose, from_component=args.only or getattr(args, "from"),
+        to_component=args.only)
     print()
     print(run_summary.format_table(summary))
     print(f"summary: {os.path.join(args.work_dir, local_runner.SUMMARY_FILE)}")
     if summary["error"]:
         print(f"run failed: {summary['error']}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from kubeflow import runner
+
+    config = _load_or_infer_config(args.config, args.logs)
+    beam_args = list(args.beam_arg or [])
+    if args.dataflow_project:
+        beam_args = runner.dataflow_beam_args(
+            args.dataflow_project, args.dataflow_region, args.pipeline_root, args.image
+        ) + beam_args
+    spec = runner.compile_pipeline(
+        config, args.output, log_glob=args.logs, pipeline_root=args.pipeline_root,
+        image=args.image, serving_model_dir=args.serving_model_dir,
+        beam_pipeline_args=beam_args)
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    print(f"wrote {args.output}: KFP v2 PipelineJob with {len(tasks)} steps, image {args.image}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from pipeline import inspect_mlmd
+
+    print(inspect_mlmd.inspect(args.work_dir))
     return 0
 
 
@@ -103,13 +130,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init_config)
 
     p = commands.add_parser("run", help="run the pipeline locally")
-    p.add_argument("--logs", required=True, help="glob of log files")
+    p.add_argument("--logs", "--input", dest="logs", required=True, metavar="GLOB",
+                   help="glob of log files, or of the CSV / TFRecord files (or their "
+                        "directory) when the config's input.format is csv / tfrecord")
     p.add_argument("--work-dir", required=True)
     p.add_argument("--config", help="YAML config (default: inferred from the logs)")
     p.add_argument("--beam-arg", action="append",
                    help="Beam pipeline argument, repeatable (default --direct_num_workers=1)")
     p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument("--only", metavar="COMPONENT",
+                      help="run only this component, reusing the last run's upstream artifacts")
+    part.add_argument("--from", metavar="COMPONENT",
+                      help="run from this component on, reusing the last run's upstream artifacts")
     p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("compile", help="compile for Kubeflow Pipelines v2 / Vertex AI")
+    p.add_argument("--output", required=True, help="PipelineJob spec (JSON) to write")
+    p.add_argument("--logs", "--input", dest="logs", required=True, metavar="GLOB",
+                   help="input files as the cluster sees them, e.g. gs://BUCKET/logs/*.jsonl.gz")
+    p.add_argument("--config", help="YAML config (default: inferred from --logs, if readable here)")
+    p.add_argument("--image", default="mtrank:0.1.0",
+                   help="image with this package installed (kubeflow/Dockerfile)")
+    p.add_argument("--pipeline-root", required=True, help="where artifacts go, e.g. gs://BUCKET/mtrank")
+    p.add_argument("--serving-model-dir",
+                   help="model base directory to push to (default PIPELINE_ROOT/serving_model/MODEL)")
+    p.add_argument("--dataflow-project", help="run the Beam components on Dataflow in this project")
+    p.add_argument("--dataflow-region", default="us-central1")
+    p.add_argument("--beam-arg", action="append", help="more Beam pipeline arguments, repeatable")
+    p.set_defaults(func=cmd_compile)
+
+    p = commands.add_parser("inspect", help="runs, executions, artifacts and lineage from MLMD")
+    p.add_argument("--work-dir", required=True)
+    p.set_defaults(func=cmd_inspect)
 
     p = commands.add_parser("demo", help="simulate logs, run, serve and predict, end to end")
     p.add_argument("--work-dir", default="demo")
@@ -143,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"mtrank {args.command}: {e}", file=sys.stderr)
         return 2
 

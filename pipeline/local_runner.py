@@ -21,6 +21,7 @@ from typing import List, Optional
 from absl import logging as absl_logging
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
+from tfx.orchestration import pipeline as tfx_pipeline
 
 from pipeline import config as config_lib
 from pipeline import eval_config as eval_config_lib
@@ -58,6 +59,18 @@ class _ProgressPrinter(logging.Handler):
                   file=self._out, flush=True)
 
 
+def _partial_run(pipeline, from_component: Optional[str], to_component: Optional[str]):
+    if from_component is None and to_component is None:
+        return None
+    ids = [component.id for component in pipeline.components]
+    for name in (from_component, to_component):
+        if name is not None and name not in ids:
+            raise ValueError(f"no component {name!r} in the pipeline; components: {ids}")
+    return tfx_pipeline.RunOptions(
+        from_nodes=[from_component] if from_component else None,
+        to_nodes=[to_component] if to_component else None)
+
+
 @contextlib.contextmanager
 def _tfx_logs_as_progress(total: int, verbose: bool):
     """TFX logs every step at INFO through absl. While the pipeline runs,
@@ -85,8 +98,10 @@ def _tfx_logs_as_progress(total: int, verbose: bool):
 
 
 def run(log_glob: str, work_dir: str, config: config_lib.Config,
-        beam_pipeline_args: Optional[List[str]] = None, verbose: bool = False) -> dict:
-    """Runs the pipeline once and returns (and writes) its summary.
+        beam_pipeline_args: Optional[List[str]] = None, verbose: bool = False,
+        from_component: Optional[str] = None, to_component: Optional[str] = None) -> dict:
+    """Runs the pipeline once on `log_glob` (logs, or the CSV / TFRecord
+    files of `config.input.format`) and returns (and writes) its summary.
 
     A failing component (bad data, a bug) still yields a summary of what ran,
     with the error under "error"; the caller decides the exit code.
@@ -108,11 +123,12 @@ def run(log_glob: str, work_dir: str, config: config_lib.Config,
     if os.path.exists(metadata_path):
         since = run_summary.last_execution_id(run_summary.open_store(metadata_path))
 
+    run_options = _partial_run(pipeline, from_component, to_component)
     started = time.time()
     error = None
     with _tfx_logs_as_progress(len(pipeline.components), verbose):
         try:
-            tfx.orchestration.LocalDagRunner().run(pipeline)
+            tfx.orchestration.LocalDagRunner().run(pipeline, run_options=run_options)
         except Exception as e:  # noqa: BLE001 - reported in the summary; the CLI exits 1
             error = f"{type(e).__name__}: {e}"
     summary = run_summary.collect(metadata_path, since, config, log_glob)

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from ml_metadata.proto import metadata_store_pb2
 from sklearn.metrics import roc_auc_score
 
-from components import ingest, labelling
+from components import ingest, labelling, tabular_example_gen
 from components.log_example_gen import COUNTS_PROPERTY
 from pipeline import config as config_lib
 
@@ -71,7 +71,7 @@ def _outputs_by_node(store: mlmd.MetadataStore, since_execution_id: int):
     return result
 
 
-def _task_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+def task_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
     """Overall-slice metrics per task (output): the candidate's under their
     names, the last blessed model's (when there is one) as baseline_<name>."""
     metrics: Dict[str, Dict[str, float]] = collections.defaultdict(dict)
@@ -162,29 +162,35 @@ def collect(metadata_path: str, since_execution_id: int, config: config_lib.Conf
         "lines_read": None, "impressions": None, "feedback_merged": None,
         "feedback_late": None, "feedback_unused_type": None, "duplicates": None,
         "examples": {}, "dead_letters": {}, "tasks": {}, "validation_failures": [],
-        "blessed": False, "pushed_version": None, "wall_s": {},
+        "blessed": False, "pushed_version": None, "wall_s": {}, "reused": [],
     }
     for node_id, (execution, _) in nodes.items():
+        # A partial run (--only / --from) reuses upstream outputs: those
+        # components did not run, so they have no wall time.
+        if execution.last_known_state == metadata_store_pb2.Execution.CACHED:
+            summary["reused"].append(node_id)
+            continue
         summary["wall_s"][node_id] = round(
             (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000, 1)
 
-    examples = _first(nodes, "LogExampleGen", "Examples")
+    examples = _example_gen_output(nodes)
     if examples is not None:
         counts = json.loads(_custom(examples, COUNTS_PROPERTY) or "{}")
         summary["lines_read"] = counts.get(ingest.LINES_READ, 0)
         for outcome in (labelling.EXAMPLE, labelling.FEEDBACK_MERGED, labelling.FEEDBACK_LATE,
                         labelling.FEEDBACK_UNUSED_TYPE, labelling.DUPLICATES):
             summary[outcome] = counts.get(outcome, 0)
-        summary["examples"] = {s: counts.get(ingest.split_count_key(s), 0) for s in ingest.SPLITS}
+        summary["examples"] = {key.split(".", 1)[1]: n for key, n in sorted(counts.items())
+                               if key.startswith(ingest.split_count_key(""))}
         summary["dead_letters"] = {
             k[len(labelling.DEAD_LETTER_PREFIX):]: v for k, v in counts.items()
             if k.startswith(labelling.DEAD_LETTER_PREFIX)}
 
     evaluation = _first(nodes, "Evaluator", "ModelEvaluation")
     if evaluation is not None:
-        summary["tasks"] = _task_metrics(evaluation.uri)
+        summary["tasks"] = task_metrics(evaluation.uri)
         summary["validation_failures"] = _validation_failures(evaluation.uri)
-    truth_path = _find_truth_file(log_glob)
+    truth_path = _find_truth_file(log_glob) if config.input.format == "logs" else None
     if truth_path and examples is not None:
         for task, aucs in truth_auc(truth_path, examples.uri, config).items():
             summary["tasks"].setdefault(task, {}).update(aucs)
@@ -195,6 +201,18 @@ def collect(metadata_path: str, since_execution_id: int, config: config_lib.Conf
     if pushed is not None and _custom(pushed, "pushed") == 1:
         summary["pushed_version"] = int(_custom(pushed, "pushed_version"))
     return summary
+
+
+EXAMPLE_GEN_IDS = ("LogExampleGen", *tabular_example_gen.COMPONENT_IDS.values())
+
+
+def _example_gen_output(nodes):
+    """The Examples artifact of whichever ExampleGen the run used."""
+    for node_id in EXAMPLE_GEN_IDS:
+        examples = _first(nodes, node_id, "Examples")
+        if examples is not None:
+            return examples
+    return None
 
 
 def _first(nodes, node_id: str, type_name: str):
@@ -230,4 +248,6 @@ def format_table(summary: dict) -> str:
         lines.append(f"validation failed: {failure}")
     lines.append(f"blessed {summary['blessed']}, pushed version {summary['pushed_version']}")
     lines.append("wall s " + ", ".join(f"{k} {v}" for k, v in summary["wall_s"].items()))
+    if summary["reused"]:
+        lines.append("reused from the last run: " + ", ".join(summary["reused"]))
     return "\n".join(lines)

@@ -176,3 +176,31 @@ def test_predict_cli_prints_scores_per_task(served):
                    "--limit", "5"])
     for task in served["config"]["tasks"]:
         assert task["name"] in result.stdout
+
+
+def test_partial_run_reuses_upstream_artifacts_and_inspect_shows_lineage(pipeline_runs):
+    work = pipeline_runs["work"]
+    log_glob = str(pipeline_runs["logs"] / simulator.EVENT_FILE_GLOB)
+    result = _run(["run", "--logs", log_glob, "--work-dir", str(work),
+                   "--config", str(pipeline_runs["root"] / "config.yaml"), "--only", "Evaluator"])
+    summary = json.loads((work / "run_summary.json").read_text())
+    assert summary["error"] is None
+    assert set(summary["wall_s"]) == {"Evaluator", "total"}, result.stdout
+    assert {"LogExampleGen", "Transform", "Trainer"} <= set(summary["reused"])
+    assert set(summary["tasks"]) == {t["name"] for t in pipeline_runs["config"]["tasks"]}
+
+    listing = _run(["inspect", "--work-dir", str(work)]).stdout
+    assert "3 run(s)" in listing
+    for component in ("LogExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"):
+        assert component in listing
+    assert "mtrank.DeadLetters" in listing and "ModelBlessing" in listing
+
+
+def test_unknown_component_for_partial_run_is_a_clear_error(pipeline_runs):
+    result = subprocess.run(
+        MTRANK + ["run", "--logs", str(pipeline_runs["logs"] / simulator.EVENT_FILE_GLOB),
+                  "--work-dir", str(pipeline_runs["work"]),
+                  "--config", str(pipeline_runs["root"] / "config.yaml"), "--only", "Trainr"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "no component 'Trainr'" in result.stderr and "Trainer" in result.stderr
