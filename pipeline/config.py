@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -337,15 +337,23 @@ def _one_of(value, choices, where: str):
     return value
 
 
-def _feature_from_dict(raw: Dict[str, Any], where: str) -> FeatureConfig:
-    _check_fields(FeatureConfig, raw, where)
-    for required in ("name", "kind", "dtype"):
-        if required not in raw:
-            raise ConfigError(f"{where}: missing required field '{required}'")
+def _named_entry(cls, raw: Dict[str, Any], where: str, section: str,
+                 required: Tuple[str, ...]) -> Tuple[str, str]:
+    """Checks an entry of `features` or `tasks` for its fields and a valid
+    name; returns the name and the path later errors use (`tasks[click]`)."""
+    _check_fields(cls, raw, where)
+    for field in ("name",) + required:
+        if field not in raw:
+            raise ConfigError(f"{where}: missing required field '{field}'")
     name = _expect(raw["name"], str, f"{where}.name")
-    where = f"features[{name}]"
+    where = f"{section}[{name}]"
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}.name: must match {_NAME_RE.pattern}")
+    return name, where
+
+
+def _feature_from_dict(raw: Dict[str, Any], where: str) -> FeatureConfig:
+    name, where = _named_entry(FeatureConfig, raw, where, "features", ("kind", "dtype"))
     if name in RESERVED_NAMES:
         raise ConfigError(f"{where}.name: '{name}' is reserved by the pipeline")
     feature = FeatureConfig(**raw)
@@ -382,15 +390,8 @@ def _stripped_strings(value, where: str) -> List[str]:
 
 
 def _task_from_dict(raw: Dict[str, Any], where: str, input_format: str = "logs") -> TaskConfig:
-    _check_fields(TaskConfig, raw, where)
     label_source = _TASK_FIELDS_BY_FORMAT[input_format][:1]  # feedback / label_column / none
-    for required in ("name",) + label_source:
-        if required not in raw:
-            raise ConfigError(f"{where}: missing required field '{required}'")
-    name = _expect(raw["name"], str, f"{where}.name")
-    where = f"tasks[{name}]"
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"{where}.name: must match {_NAME_RE.pattern}")
+    name, where = _named_entry(TaskConfig, raw, where, "tasks", label_source)
     for field in label_source:
         _expect(raw[field], str, f"{where}.{field}")
     for other_format, fields in _TASK_FIELDS_BY_FORMAT.items():
