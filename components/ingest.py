@@ -88,11 +88,16 @@ class _ParseLine(_CountingDoFn):
             yield self._dead(record)
             return
         source, raw = record
-        event = log_contract.parse_event(raw, source)
+        # Decoded once here; bytes that are not UTF-8 go to the parser as they
+        # are, which dead-letters them.
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            line = None
+        event = log_contract.parse_event(raw if line is None else line, source)
         if isinstance(event, log_contract.DeadLetter):
             yield self._dead(event)
             return
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if not event.is_impression:
             # Plain tuples: Beam encodes them compactly, without pickling.
             yield beam.pvalue.TaggedOutput(
