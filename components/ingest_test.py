@@ -14,7 +14,7 @@ import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from components import ingest, log_files
+from components import ingest, log_files, spans
 from components import log_contract as lc
 from pipeline import config as config_lib
 from pipeline import simulator
@@ -119,11 +119,11 @@ def _write_logs(directory, gz_lines=GZ_LINES, plain_lines=PLAIN_LINES):
     return os.path.join(directory, "part-*")
 
 
-def _run(input_glob, out_dir):
+def _run(input_glob, out_dir, config=CONFIG, span_input=None):
     """Runs LogsToExamples; returns {"train", "eval": [bytes], "dead_letters":
     [dict], "counts": dict}."""
     with beam.Pipeline() as p:
-        outputs = p | ingest.LogsToExamples(input_glob, CONFIG)
+        outputs = p | ingest.LogsToExamples(input_glob, config, span_input)
         for split in ingest.SPLITS:
             (outputs[split]
              | f"B64{split}" >> beam.Map(lambda b: base64.b64encode(b).decode())
@@ -390,7 +390,7 @@ def _fuzzed_lines(seed: int, tmp_path) -> list:
 
 def _conservation_holds(counts: dict, dead_letters: list) -> None:
     outcomes = {k: v for k, v in counts.items()
-                if k != ingest.LINES_READ and not k.startswith("examples.")}
+                if k != ingest.LINES_READ and not k.startswith(("examples.", "lookahead."))}
     assert sum(outcomes.values()) == counts[ingest.LINES_READ]
     assert counts.get("examples.train", 0) + counts.get("examples.eval", 0) == counts["impressions"]
     dead = collections.Counter(d["dead_letter_reason"] for d in dead_letters)
@@ -474,3 +474,80 @@ def test_feedback_only_logs_are_all_orphans(tmp_path):
     result = _run(str(path), str(tmp_path / "out"))
     assert result["counts"] == {"lines_read": 1, "dead_letter.orphan_feedback": 1}
     assert result["train"] == result["eval"] == []
+
+
+# Daily partitions: each span ingested alone must give the examples that one
+# ingestion of every day gives, with each line counted by its own span.
+SPAN_LOGS_DAYS = 4
+
+
+@pytest.fixture(scope="module")
+def span_logs(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("span_logs"))
+    simulator.simulate(out, impressions=1500, days=SPAN_LOGS_DAYS, seed=3)
+    pattern = os.path.join(out, "events-{YYYY}-{MM}-{DD}*")
+    from pipeline import config_inference
+    config = config_inference.infer_config(pattern)
+    # A click a minute after midnight on the impression of a minute before,
+    # in the next day's partition, at every day boundary.
+    days = [spans.date_of_span(s) for s in spans.list_spans(pattern)]
+    features = {f.name: f.default_value if f.is_scalar else [] for f in config.features
+                if f.name not in ("user_id", "item_id")}
+    for day, next_day in zip(days, days[1:]):
+        impression = json.loads(_imp(f"late-{day}", "i1", f"{day}T23:59:00Z", position=0))
+        impression["features"] = features
+        with open(os.path.join(out, f"events-{day}-extra.jsonl"), "a") as f:
+            f.write(json.dumps(impression) + "\n")
+        with open(os.path.join(out, f"events-{next_day}-extra.jsonl"), "a") as f:
+            f.write(_fb("click", f"late-{day}", "i1", f"{next_day}T00:01:00Z").decode() + "\n")
+    return pattern, config
+
+
+def _by_key(serialized):
+    by_key = {}
+    for b in serialized:
+        example = tf.train.Example.FromString(b)
+        f = example.features.feature
+        by_key[(f["request_id"].bytes_list.value[0], f["item_id"].bytes_list.value[0])] = (
+            example.SerializeToString(deterministic=True))
+    return by_key
+
+
+def test_spans_give_the_examples_of_one_whole_ingestion(span_logs, tmp_path):
+    pattern, config = span_logs
+    whole = _run(spans.any_span_glob(pattern), str(tmp_path / "whole"), config)
+    whole_examples = _by_key(whole["train"] + whole["eval"])
+    lookahead = spans.lookahead_days(config.max_label_window_s)
+    complete = sorted(spans.list_spans(pattern))[:-lookahead]
+    assert len(complete) == SPAN_LOGS_DAYS - lookahead
+    from_spans = {}
+    for span in complete:
+        span_input = spans.SpanInput.of(pattern, span, lookahead)
+        result = _run(pattern, str(tmp_path / str(span)), config, span_input)
+        counts = result["counts"]
+        # Every line of the span's own partition, and none of the lookahead's,
+        # is counted once.
+        assert counts[ingest.LINES_READ] == _file_line_count(span_input.own_glob)
+        assert counts["lookahead.lines_read"] == sum(
+            _file_line_count(g) for g in span_input.lookahead_globs)
+        _conservation_holds(counts, result["dead_letters"])
+        assert counts["lookahead.feedback_merged"] > 0  # feedback after midnight
+        if span != complete[0]:
+            assert counts["feedback_previous_span"] > 0
+        examples = _by_key(result["train"] + result["eval"])
+        assert len(result["eval"]) / len(examples) == pytest.approx(
+            config.split.eval_percent / 100, abs=0.06)
+        from_spans.update(examples)
+    # The same examples, labels included, as the whole ingestion gave for the
+    # impressions of those days.
+    days = {spans.date_of_span(s).isoformat() for s in complete}
+    expected = {key: ex for key, ex in whole_examples.items()
+                if _impression_day(ex) in days}
+    assert from_spans == expected
+
+
+def _impression_day(serialized: bytes) -> str:
+    import datetime
+    ts = tf.train.Example.FromString(serialized).features.feature[
+        "impression_ts"].int64_list.value[0]
+    return datetime.datetime.fromtimestamp(ts / 1e6, datetime.timezone.utc).date().isoformat()

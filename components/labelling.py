@@ -6,7 +6,8 @@ the config (which features, which tasks and windows) and nothing of Beam.
 Every log line ends as exactly one outcome, so counts add up to lines read:
 an impression in an example, a feedback event merged into a label, a late
 feedback event (after its task's window), a feedback event of a type no task
-uses, a duplicate (the same event again), or a dead letter with a reason.
+uses, a duplicate (the same event again), feedback that labelled the previous
+day's impression (when ingesting one span), or a dead letter with a reason.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ FEEDBACK_MERGED = "feedback_merged"
 FEEDBACK_LATE = "feedback_late"
 DUPLICATES = "duplicates"
 FEEDBACK_UNUSED_TYPE = "feedback_unused_type"
+FEEDBACK_PREVIOUS_SPAN = "feedback_previous_span"
+# Outcomes of lines that another span counts (see join_group).
+LOOKAHEAD_PREFIX = "lookahead."
 DEAD_LETTER_PREFIX = "dead_letter."
 SECONDS_PER_DAY = 86400
 MICROS = 1_000_000
@@ -34,9 +38,11 @@ def dead_letter_outcome(reason: str) -> str:
     return DEAD_LETTER_PREFIX + reason
 
 
-def _fingerprint(event: log_contract.Event) -> str:
-    # 16 bytes stand for the whole event in the join's memory.
-    return hashlib.blake2b(event.fingerprint.encode(), digest_size=16).hexdigest()
+def _fingerprint(item: Union["Impression", "Feedback"]) -> str:
+    """The event's identity, whatever its JSON key order or spacing. Only
+    groups with several events need it, so it is computed there, from the
+    line, rather than for every line."""
+    return log_contract.parse_event(item.line).fingerprint
 
 
 class Impression(NamedTuple):
@@ -47,7 +53,6 @@ class Impression(NamedTuple):
     ts: int
     request_id: str
     position: Optional[int]
-    fingerprint: str
     features_example: bytes
     line: str
     source: str
@@ -66,13 +71,12 @@ class Feedback(NamedTuple):
     type: str
     ts: int
     value: Optional[float]
-    fingerprint: str
     line: str
     source: str
 
     @classmethod
     def of(cls, event: log_contract.Event, line: str, source: str = "") -> "Feedback":
-        return cls(event.type, event.ts, event.value, _fingerprint(event), line, source)
+        return cls(event.type, event.ts, event.value, line, source)
 
 
 def _convert_scalar(value, dtype: str, where: str):
@@ -120,18 +124,43 @@ def raw_feature(event: log_contract.Event, name: str):
     return event.features.get(name)
 
 
+class ImpressionConverter:
+    """Converts impressions' features to one config's dtypes: the per-line
+    hot path of ingestion, so what depends only on the config is looked up
+    once, and values already of the exact type skip the general conversion."""
+
+    _EXACT_TYPES = {"string": str, "int64": int, "float": float}
+
+    def __init__(self, config: config_lib.Config):
+        self._features = [(f, _VALUE_LISTS[f.dtype], self._EXACT_TYPES[f.dtype])
+                          for f in config.features]
+
+    def __call__(self, event: log_contract.Event, line: str,
+                 source: str = "") -> Union[Impression, log_contract.DeadLetter]:
+        example = tf.train.Example()
+        feature_map = example.features.feature
+        try:
+            for feature, list_name, exact_type in self._features:
+                value = raw_feature(event, feature.name)
+                values = getattr(feature_map[feature.name], list_name)
+                if feature.is_scalar and type(value) is exact_type and (
+                        exact_type is not int
+                        or -log_contract.INT64_MAX - 1 <= value <= log_contract.INT64_MAX):
+                    values.value.append(value.encode("utf-8") if exact_type is str else value)
+                else:
+                    set_feature(feature_map, feature.name, feature.dtype,
+                                feature_values(feature, value))
+        except ValueError as e:
+            return log_contract.DeadLetter(log_contract.WRONG_TYPE, str(e), line, source)
+        return Impression(event.ts, event.request_id, event.position,
+                          example.SerializeToString(deterministic=True), line, source)
+
+
 def to_impression(config: config_lib.Config, event: log_contract.Event, line: str,
                   source: str = "") -> Union[Impression, log_contract.DeadLetter]:
-    """Converts an impression's features to the config's dtypes, or says why not."""
-    example = tf.train.Example()
-    feature_map = example.features.feature
-    try:
-        for f in config.features:
-            set_feature(feature_map, f.name, f.dtype, feature_values(f, raw_feature(event, f.name)))
-    except ValueError as e:
-        return log_contract.DeadLetter(log_contract.WRONG_TYPE, str(e), line, source)
-    return Impression(event.ts, event.request_id, event.position, _fingerprint(event),
-                      example.SerializeToString(deterministic=True), line, source)
+    """Converts one impression's features to the config's dtypes, or says why
+    not (ingestion keeps one ImpressionConverter for all its lines)."""
+    return ImpressionConverter(config)(event, line, source)
 
 
 _VALUE_LISTS = {"string": "bytes_list", "int64": "int64_list", "float": "float_list"}
@@ -153,10 +182,16 @@ def set_feature(feature_map, name: str, dtype: str, values) -> None:
 class JoinResult:
     """What one (request_id, item_id) group produced."""
 
-    example: Optional[tf.train.Example] = None
+    example_bytes: Optional[bytes] = None  # the serialized labelled tf.Example
     impression_ts: Optional[int] = None
     outcomes: List[str] = dataclasses.field(default_factory=list)
     dead_letters: List[log_contract.DeadLetter] = dataclasses.field(default_factory=list)
+
+    @property
+    def example(self) -> Optional[tf.train.Example]:
+        """The labelled example, parsed (for inspection)."""
+        return None if self.example_bytes is None else tf.train.Example.FromString(
+            self.example_bytes)
 
 
 def _dead(result: JoinResult, reason: str, detail: str, line: str, source: str = "") -> None:
@@ -167,18 +202,23 @@ def _dead(result: JoinResult, reason: str, detail: str, line: str, source: str =
 def _count_repeats_once(items: list, result: JoinResult) -> list:
     """The items with exact repeats of an event removed (the first kept),
     each removed repeat counted as a duplicate."""
+    if len(items) < 2:
+        return list(items)
     seen, unique = set(), []
     for item in items:
-        if item.fingerprint in seen:
+        fingerprint = _fingerprint(item)
+        if fingerprint in seen:
             result.outcomes.append(DUPLICATES)
         else:
-            seen.add(item.fingerprint)
+            seen.add(fingerprint)
             unique.append(item)
     return unique
 
 
 def join_group(config: config_lib.Config, impressions: Iterable[Impression],
-               feedback: Iterable[Feedback], key=("?", "?")) -> JoinResult:
+               feedback: Iterable[Feedback], key=("?", "?"),
+               lookahead_feedback: Iterable[Feedback] = (),
+               span_start_ts: Optional[int] = None) -> JoinResult:
     """Labels one impression with the feedback sharing its key.
 
     An event repeated exactly (at-least-once delivery) counts once;
@@ -186,12 +226,35 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
     with one key, the earliest is kept (ties broken by the line, so the
     result does not depend on input order) and the others are dead-lettered
     as conflicting. `key` is the group's (request_id, item_id), for messages.
+
+    When one span (day) is ingested, `lookahead_feedback` comes from the
+    following days' partitions: it labels this span's impression, but its
+    lines are counted by their own span, so its outcomes here are prefixed
+    `lookahead.` and it never makes a dead letter. Feedback of this span with
+    no impression here, early enough in the day (before `span_start_ts` plus
+    its longest window), labelled the previous span's impression.
     """
     result = JoinResult()
     impressions = _count_repeats_once(sorted(impressions, key=lambda i: (i.ts, i.line)), result)
     feedback = _count_repeats_once(sorted(feedback, key=lambda f: (f.ts, f.line)), result)
+    lookahead = sorted(lookahead_feedback, key=lambda f: (f.ts, f.line))
+    if lookahead and len(feedback) + len(lookahead) > 1:
+        # Repeats among the later partitions, or of this span's events, are
+        # counted by their own span.
+        counted_here = {_fingerprint(f) for f in feedback}
+        unique_lookahead = []
+        for event in lookahead:
+            fingerprint = _fingerprint(event)
+            if fingerprint not in counted_here:
+                counted_here.add(fingerprint)
+                unique_lookahead.append(event)
+        lookahead = unique_lookahead
     if not impressions:
         for event in feedback:
+            if span_start_ts is not None and (
+                    event.ts - span_start_ts) / MICROS <= _longest_window_s(config, event.type):
+                result.outcomes.append(FEEDBACK_PREVIOUS_SPAN)
+                continue
             _dead(result, log_contract.ORPHAN_FEEDBACK,
                   f"no impression with request_id={key[0]!r} item_id={key[1]!r}",
                   event.line, event.source)
@@ -206,15 +269,21 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
     tasks_by_feedback: Dict[str, List[config_lib.TaskConfig]] = {}
     for task in config.tasks:
         tasks_by_feedback.setdefault(task.feedback, []).append(task)
-    for event in feedback:
+    from_lookahead = {id(event) for event in lookahead}
+    for event in feedback + lookahead:
+        prefix = LOOKAHEAD_PREFIX if id(event) in from_lookahead else ""
         tasks = tasks_by_feedback.get(event.type)
         if not tasks:
-            result.outcomes.append(FEEDBACK_UNUSED_TYPE)
+            result.outcomes.append(prefix + FEEDBACK_UNUSED_TYPE)
             continue
         delay_s = (event.ts - kept.ts) / MICROS
         if delay_s < 0:
-            _dead(result, log_contract.FEEDBACK_BEFORE_IMPRESSION,
-                  f"{-delay_s:.3f} s before its impression", event.line, event.source)
+            if prefix:
+                result.outcomes.append(prefix + dead_letter_outcome(
+                    log_contract.FEEDBACK_BEFORE_IMPRESSION))
+            else:
+                _dead(result, log_contract.FEEDBACK_BEFORE_IMPRESSION,
+                      f"{-delay_s:.3f} s before its impression", event.line, event.source)
             continue
         merged = False
         for task in tasks:
@@ -224,20 +293,35 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
                     labels[task.name] = 1.0
                 else:
                     labels[task.name] += event.value if event.value is not None else 1.0
-        result.outcomes.append(FEEDBACK_MERGED if merged else FEEDBACK_LATE)
+        result.outcomes.append(prefix + (FEEDBACK_MERGED if merged else FEEDBACK_LATE))
 
-    example = tf.train.Example.FromString(kept.features_example)
-    feature_map = example.features.feature
+    joined = tf.train.Example()
+    feature_map = joined.features.feature
     for task in config.tasks:
-        set_feature(feature_map, task.label_key, "float", [labels[task.name]])
-    set_feature(feature_map, config_lib.REQUEST_ID, "string", [kept.request_id.encode()])
-    set_feature(feature_map, config_lib.IMPRESSION_TS, "int64", [kept.ts])
+        feature_map[task.label_key].float_list.value.append(labels[task.name])
+    feature_map[config_lib.REQUEST_ID].bytes_list.value.append(kept.request_id.encode())
+    feature_map[config_lib.IMPRESSION_TS].int64_list.value.append(kept.ts)
     if kept.position is not None:
-        set_feature(feature_map, config_lib.POSITION, "int64", [kept.position])
-    result.example = example
+        feature_map[config_lib.POSITION].int64_list.value.append(kept.position)
+    # Serialized protos concatenate into their merge, so appending the
+    # joined fields to the impression's serialized features makes the whole
+    # example without parsing and re-serializing them (the join's largest
+    # cost). Deterministic: the same input gives the same bytes.
+    result.example_bytes = kept.features_example + joined.SerializeToString(deterministic=True)
     result.impression_ts = kept.ts
     result.outcomes.append(EXAMPLE)
     return result
+
+
+def _longest_window_s(config: config_lib.Config, feedback_type: str) -> int:
+    return max((t.label_window_s for t in config.tasks if t.feedback == feedback_type), default=0)
+
+
+def split_of_request(request_id: str, eval_percent: int) -> str:
+    """Span mode: a seeded hash of the request (all its items alike) puts
+    `eval_percent` of each day's requests in eval."""
+    bucket = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
+    return "eval" if bucket % 100 < eval_percent else "train"
 
 
 def eval_start_day(last_impression_ts: int, eval_days: int) -> int:

@@ -1,6 +1,7 @@
 """Tests of the pure labelling functions: dtype conversion, the impression /
 feedback join, and the time split."""
 import calendar
+import datetime
 import json
 import random
 
@@ -51,10 +52,28 @@ def _impression_event(ts=T0, request_id="r1", item_id="i1", position=1, features
                     features=dict(FEATURES) if features is None else features)
 
 
+def _line(event: lc.Event, note=None) -> str:
+    """The event's log line; `note`, an extra field the contract ignores,
+    tells the test's lines apart in dead letters."""
+    obj = {"type": event.type, "ts": datetime.datetime.fromtimestamp(
+        event.ts / MICROS, datetime.timezone.utc).isoformat(),
+        "request_id": event.request_id, "user_id": event.user_id, "item_id": event.item_id}
+    if event.is_impression:
+        obj.update(position=event.position, features=event.features)
+    elif event.value is not None:
+        obj["value"] = event.value
+    if note is not None:
+        obj["note"] = note
+    return json.dumps(obj)
+
+
+def _note(line: str):
+    return json.loads(line).get("note")
+
+
 def _impression(ts=T0, line=None, source="a.jsonl", config=CONFIG, **kwargs):
     event = _impression_event(ts=ts, **kwargs)
-    line = line if line is not None else f"impression@{ts}"
-    result = labelling.to_impression(config, event, line, source)
+    result = labelling.to_impression(config, event, _line(event, line), source)
     assert isinstance(result, labelling.Impression), result
     return result
 
@@ -64,7 +83,7 @@ def _feedback(type_="click", delay_s=60.0, value=None, request_id="r1", item_id=
     ts = T0 + int(delay_s * MICROS)
     event = lc.Event(type=type_, ts=ts, request_id=request_id, user_id="u1",
                      item_id=item_id, value=value)
-    return labelling.Feedback.of(event, line if line is not None else f"{type_}@{ts}", source)
+    return labelling.Feedback.of(event, _line(event, line), source)
 
 
 def _values(example, key):
@@ -165,7 +184,7 @@ def test_to_impression_converts_every_config_feature():
         "user_id": [b"u1"], "item_id": [b"i1"], "country": [b"FR"], "price": [2.0],
         "age": [4], "tags": [b"t"], "cats": [],
     }
-    assert imp.line.startswith("impression@") and imp.source == "a.jsonl"
+    assert json.loads(imp.line)["type"] == "impression" and imp.source == "a.jsonl"
 
 
 def test_to_impression_missing_features_get_defaults():
@@ -308,7 +327,7 @@ def test_orphan_feedback_is_dead_lettered_with_source():
     result = labelling.join_group(CONFIG, [], fb, ("r1", "i1"))
     assert result.example is None and result.impression_ts is None
     assert result.outcomes == [labelling.dead_letter_outcome(lc.ORPHAN_FEEDBACK)] * 2
-    assert sorted((d.reason, d.line, d.source) for d in result.dead_letters) == [
+    assert sorted((d.reason, _note(d.line), d.source) for d in result.dead_letters) == [
         (lc.ORPHAN_FEEDBACK, "orphan-1", "x.jsonl"),
         (lc.ORPHAN_FEEDBACK, "orphan-2", "y.jsonl.gz"),
     ]
@@ -326,7 +345,7 @@ def test_duplicate_impressions_keep_earliest_regardless_of_order(seed):
     result = labelling.join_group(CONFIG, imps, [])
     assert result.impression_ts == T0
     assert _values(result.example, "position") == ("int64_list", [7])
-    assert sorted((d.reason, d.line, d.source) for d in result.dead_letters) == [
+    assert sorted((d.reason, _note(d.line), d.source) for d in result.dead_letters) == [
         (lc.CONFLICTING_IMPRESSION, "second", "s2"),
         (lc.CONFLICTING_IMPRESSION, "third", "s3"),
     ]
@@ -340,7 +359,7 @@ def test_duplicate_impressions_with_equal_ts_break_ties_by_line():
     for order in ([a, b], [b, a]):
         result = labelling.join_group(CONFIG, order, [])
         assert _values(result.example, "position") == ("int64_list", [1])
-        assert [d.line for d in result.dead_letters] == ["line-b"]
+        assert [_note(d.line) for d in result.dead_letters] == ["line-b"]
 
 
 # --- join_group: example contents -------------------------------------------
@@ -381,12 +400,22 @@ def test_empty_lists_keep_their_dtype():
     assert _values(result.example, "age") == ("int64_list", [0])
 
 
-def test_example_serializes_and_parses_back():
+def test_example_bytes_parse_in_tensorflow_as_one_example():
+    # The bytes are the features' serialization followed by the joined
+    # fields': TensorFlow's own parser must see one example holding both.
     import tensorflow as tf
 
     result = labelling.join_group(CONFIG, [_impression()], [_feedback(delay_s=1)])
-    parsed = tf.train.Example.FromString(result.example.SerializeToString())
-    assert parsed == result.example
+    parsed = tf.io.parse_example([result.example_bytes], {
+        "click_label": tf.io.FixedLenFeature([], tf.float32),
+        "country": tf.io.FixedLenFeature([], tf.string),
+        "tags": tf.io.VarLenFeature(tf.string),
+        "impression_ts": tf.io.FixedLenFeature([], tf.int64)})
+    assert parsed["click_label"].numpy().tolist() == [1.0]
+    assert parsed["country"].numpy().tolist() == [b"DE"]
+    assert parsed["tags"].values.numpy().tolist() == [b"a", b"b"]
+    assert parsed["impression_ts"].numpy().tolist() == [T0]
+    assert tf.train.Example.FromString(result.example_bytes) == result.example
 
 
 # --- conservation -----------------------------------------------------------

@@ -12,7 +12,9 @@ percentages, over each row's seeded `split_key`), and record the ingestion
 counts in the Examples artifact's `ingest_counts` custom property, in the
 shape LogExampleGen writes them: `lines_read` (rows read; records for
 TFRecord), `impressions` (rows that became examples), `examples.<split>` and
-`dead_letter.<reason>` for rows left out.
+`dead_letter.<reason>` for rows left out. The rows left out are written, as
+JSON lines with their reason, beside the splits in the Examples artifact
+(`<uri>/dead_letters/`, its `dead_letters_uri` custom property).
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ COMPONENT_IDS = {"csv": "CsvExampleGen", "tfrecord": "ImportExampleGen"}
 # Where the Beam pipeline writes its counts: an exec property only the
 # executor sets (as ExampleGen's own executors pass `_beam_pipeline_args`).
 _COUNTS_DIR = "_mtrank_counts_dir"
+_DEAD_LETTERS_DIR = "_mtrank_dead_letters_dir"
+DEAD_LETTERS_PROPERTY = "dead_letters_uri"
 _DEAD = "dead"
 _DEAD_LETTERS_LOGGED = 5
 
@@ -166,13 +170,16 @@ class _Convert(beam.DoFn):
 
 
 class _RowsToExamples(beam.PTransform):
-    """Converts rows, counts the outcomes to `<counts_dir>/rows.json` and logs
-    a few dead letters; returns the examples."""
+    """Converts rows, counts the outcomes to `<counts_dir>/rows.json`, writes
+    the dead letters to `dead_letters_dir` and logs a few; returns the
+    examples."""
 
-    def __init__(self, config: config_lib.Config, counts_dir: str, convert, *args):
+    def __init__(self, config: config_lib.Config, counts_dir: str, dead_letters_dir: str,
+                 convert, *args):
         super().__init__()
-        self._config, self._counts_dir, self._convert, self._args = (
-            config, counts_dir, convert, args)
+        self._config, self._counts_dir, self._dead_letters_dir = (
+            config, counts_dir, dead_letters_dir)
+        self._convert, self._args = convert, args
 
     def expand(self, rows):
         converted = rows | "Convert" >> beam.ParDo(
@@ -188,6 +195,11 @@ class _RowsToExamples(beam.PTransform):
             )
             | "Outcomes" >> beam.Flatten()
             | "WriteCounts" >> _WriteCounts(os.path.join(self._counts_dir, "rows.json")))
+        _ = (dead
+             | "DeadLetterJson" >> beam.Map(tabular.DeadLetter.to_json)
+             | "WriteDeadLetters" >> beam.io.WriteToText(
+                 os.path.join(self._dead_letters_dir, "dead_letters"),
+                 file_name_suffix=".jsonl"))
         _ = (dead
              | "SampleDeadLetters" >> beam.combiners.Sample.FixedSizeGlobally(
                  _DEAD_LETTERS_LOGGED)
@@ -224,7 +236,8 @@ class _CsvToExamples(beam.PTransform):
             file_pattern, coder=beam.coders.BytesCoder(),
             skip_header_lines=0 if config.input.column_names else 1)
         return lines | "RowsToExamples" >> _RowsToExamples(
-            config, self._exec_properties[_COUNTS_DIR], _csv_row, list(columns))
+            config, self._exec_properties[_COUNTS_DIR],
+            self._exec_properties[_DEAD_LETTERS_DIR], _csv_row, list(columns))
 
 
 class _CountingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
@@ -244,14 +257,19 @@ class _CountingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         counts_dir = os.path.join(self._get_tmp_dir(), "ingest_counts")
-        exec_properties = dict(exec_properties, **{_COUNTS_DIR: counts_dir})
+        examples = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.EXAMPLES_KEY])
+        # Beside the Split-* folders, which are all that readers of the
+        # Examples look at.
+        dead_letters_dir = os.path.join(examples.uri, "dead_letters")
+        exec_properties = dict(exec_properties, **{
+            _COUNTS_DIR: counts_dir, _DEAD_LETTERS_DIR: dead_letters_dir})
         super().Do(input_dict, output_dict, exec_properties)
+        examples.set_string_custom_property(DEAD_LETTERS_PROPERTY, dead_letters_dir)
 
         counts = {}
         for path in sorted(fileio.glob(os.path.join(counts_dir, "*.json"))):
             counts.update(json.loads(io_utils.read_string_file(path)))
-        examples = artifact_utils.get_single_instance(
-            output_dict[standard_component_specs.EXAMPLES_KEY])
         empty = [split for split in artifact_utils.decode_split_names(examples.split_names)
                  if not counts.get(ingest.split_count_key(split))]
         if empty:
@@ -280,19 +298,22 @@ class TFRecordExecutor(_CountingExecutor, import_executor.Executor):
         def checked_examples(exec_properties: Dict[str, Any], split_pattern: str):
             return _CheckedImport(import_records(exec_properties, split_pattern),
                                   config_from_exec_properties(exec_properties),
-                                  exec_properties[_COUNTS_DIR])
+                                  exec_properties[_COUNTS_DIR],
+                                  exec_properties[_DEAD_LETTERS_DIR])
 
         return checked_examples
 
 
 class _CheckedImport(beam.PTransform):
     def __init__(self, import_records: beam.PTransform, config: config_lib.Config,
-                 counts_dir: str):
+                 counts_dir: str, dead_letters_dir: str):
         super().__init__()
-        self._import_records, self._config, self._counts_dir = import_records, config, counts_dir
+        self._import_records, self._config = import_records, config
+        self._counts_dir, self._dead_letters_dir = counts_dir, dead_letters_dir
 
     def expand(self, pipeline):
         return (pipeline
                 | "ImportRecords" >> self._import_records
                 | "RowsToExamples" >> _RowsToExamples(
-                    self._config, self._counts_dir, tabular.labelled_example))
+                    self._config, self._counts_dir, self._dead_letters_dir,
+                    tabular.labelled_example))

@@ -73,7 +73,13 @@ def _run_example_gen(work: str, input_glob: str, config: config_lib.Config):
         splits[os.path.basename(split_dir)[len("Split-"):]] = sorted(
             tf.train.Example.FromString(r).SerializeToString(deterministic=True)
             for r in records)
-    return json.loads(examples.custom_properties[COUNTS_PROPERTY].string_value), splits
+    dead_letters = []
+    dead_letters_dir = examples.custom_properties["dead_letters_uri"].string_value
+    for path in sorted(glob.glob(os.path.join(dead_letters_dir, "*.jsonl"))):
+        with open(path) as f:
+            dead_letters.extend(json.loads(line) for line in f)
+    return (json.loads(examples.custom_properties[COUNTS_PROPERTY].string_value), splits,
+            dead_letters)
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +104,17 @@ def census_slice(tmp_path_factory):
 def test_csv_example_gen_splits_counts_and_is_deterministic(census_slice, tmp_path):
     no_header, header_dir = census_slice
     config = config_lib.load_config(CENSUS_CONFIG)
-    counts, splits = _run_example_gen(str(tmp_path / "a"), no_header, config)
+    counts, splits, dead_letters = _run_example_gen(str(tmp_path / "a"), no_header, config)
 
     sizes = {split: len(examples) for split, examples in splits.items()}
     assert counts == {
         "lines_read": ROWS + 1, "impressions": ROWS, "dead_letter.wrong_column_count": 1,
         **{f"examples.{split}": size for split, size in sizes.items()}}
     assert sum(sizes.values()) == ROWS
+    # The row left out is kept, with its reason, file and text.
+    [dead] = dead_letters
+    assert dead["dead_letter_reason"] == "wrong_column_count"
+    assert dead["source"].endswith("rows.csv.gz") and dead["line"].count(",") == 40
     # 70/15/15 by hash: roughly, on 200 rows.
     assert 0.6 < sizes["train"] / ROWS < 0.8
     assert 0.08 < sizes["eval"] / ROWS < 0.22 and 0.08 < sizes["test"] / ROWS < 0.22
@@ -120,8 +130,8 @@ def test_csv_example_gen_splits_counts_and_is_deterministic(census_slice, tmp_pa
     # in the same splits as the same examples.
     header_config = config_lib.config_from_dict(dict(config.to_dict(), input={
         k: v for k, v in config.to_dict()["input"].items() if k != "column_names"}))
-    counts_again, splits_again = _run_example_gen(str(tmp_path / "b"), header_dir,
-                                                  header_config)
+    counts_again, splits_again, _ = _run_example_gen(str(tmp_path / "b"), header_dir,
+                                                     header_config)
     assert splits_again == splits
     assert counts_again == counts
 
@@ -143,7 +153,9 @@ def test_tfrecord_example_gen_keeps_labelled_examples(tmp_path):
             if i != 7:
                 example.features.feature["rich_label"].float_list.value.append(i % 2)
             writer.write(example.SerializeToString())
-    counts, splits = _run_example_gen(str(tmp_path / "w"), str(data / "*.gz"), config)
+    counts, splits, dead_letters = _run_example_gen(str(tmp_path / "w"), str(data / "*.gz"),
+                                                    config)
+    assert [d["dead_letter_reason"] for d in dead_letters] == ["missing_label"]
     assert counts == {"lines_read": 40, "impressions": 39, "dead_letter.missing_label": 1,
                       "examples.train": len(splits["train"]),
                       "examples.eval": len(splits["eval"])}
