@@ -12,7 +12,11 @@ from trainer.seeds import layer_seed
 
 class FeatureEmbedding(tf.keras.layers.Layer):
     """Embeds ids (mean-pooling list features over their non-padding values)
-    and concatenates them with the normalised numeric features."""
+    and concatenates them with the normalised numeric features.
+
+    High-cardinality ids are hashed by Transform into `hash_buckets` (or
+    looked up in a `vocab_size` vocabulary); each gets a table of
+    embedding_input_dim x `embedding_dim` from the config."""
 
     def __init__(self, features: list[config_lib.FeatureConfig], seed: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -27,15 +31,17 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                     name=f"{feature.name}_embedding")
 
     def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+        # The compute dtype: float16 under a mixed_float16 policy.
+        dtype = self.compute_dtype
         parts = []
         for feature in self._features:
             x = inputs[feature.name]
             if feature.name not in self._embeddings:
-                parts.append(tf.reshape(tf.cast(x, tf.float32), [-1, 1]))
+                parts.append(tf.reshape(tf.cast(x, dtype), [-1, 1]))
                 continue
-            vectors = self._embeddings[feature.name](x)
+            vectors = tf.cast(self._embeddings[feature.name](x), dtype)
             if feature.kind == "multivalent":
-                mask = tf.cast(tf.not_equal(x, features_lib.PADDING_ID), tf.float32)[..., None]
+                mask = tf.cast(tf.not_equal(x, features_lib.PADDING_ID), dtype)[..., None]
                 vectors = tf.reduce_sum(vectors * mask, axis=1) / tf.maximum(
                     tf.reduce_sum(mask, axis=1), 1.0)
             parts.append(tf.reshape(vectors, [-1, feature.embedding_dim]))

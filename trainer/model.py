@@ -1,44 +1,49 @@
-"""The multi-task ranking model: features -> shared bottom -> one tower and
-one TFRS ranking task per config task.
+"""The multi-task ranking model, composed from the config:
 
-The model's `call` returns each task's served prediction (a probability for
-binary tasks); `compute_loss` weights each task's loss by the config.
+features -> FeatureEmbedding -> [DCN-v2 cross layers] -> body (the
+`model.architecture`: shared bottom, MMoE, CGC or PLE; trainer/architectures.py)
+-> one tower per task -> one TFRS ranking task per task, whose losses the
+`model.loss_weighting` strategy adds up (trainer/loss_weighting.py).
+
+Tasks may hang off a binary parent task: `condition` masks the task's loss
+to the parent's positives; `depends_on` (ESMM) trains the product
+P(parent) x P(task | parent) over all impressions. Position towers
+(trainer/position.py) join in training only.
+
+`call` returns the served outputs: each task's prediction (a probability for
+binary tasks), and P(task | parent) for ESMM tasks as `<task>_given_<parent>`;
+never the position.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from pipeline import config as config_lib
+from trainer.architectures import build_body
+from trainer.cross import CrossStack
 from trainer.embedding import FeatureEmbedding
-from trainer.seeds import layer_seed
+from trainer.funnel import product_logit
+from trainer.loss_weighting import build_loss_weighting
+from trainer.position import PositionTower
+from trainer.task_metrics import CurrentValue, WeightedTaskLoss
+from trainer.towers import task_tower
 
 
-def mlp(units: Sequence[int], name: str, seed: int) -> tf.keras.Sequential:
-    return tf.keras.Sequential(
-        [tf.keras.layers.Dense(
-            u, activation="relu", name=f"{name}_{i}",
-            kernel_initializer=tf.keras.initializers.GlorotUniform(
-                seed=layer_seed(seed, f"{name}_{i}")))
-         for i, u in enumerate(units)],
-        name=name)
-
-
-def _global_batch_size(per_example: tf.Tensor) -> tf.Tensor:
-    """Examples in this step across all replicas. The last batch of a pass
-    splits unevenly (7 as 4 + 3), so it is counted, not inferred from this
-    replica's share."""
+def _sum_over_replicas(value: tf.Tensor) -> tf.Tensor:
+    """`value` summed over the replicas of this step. A batch of a pass
+    splits unevenly over replicas (7 as 4 + 3), so counts are added up, not
+    inferred from this replica's share."""
     context = tf.distribute.get_replica_context()
-    size = tf.shape(per_example)[0]
     if context is None or context.num_replicas_in_sync == 1:
-        return size
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, size)
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 def _ranking_task(task: config_lib.TaskConfig) -> tfrs.tasks.Ranking:
-    # Per-example losses (Reduction.NONE), averaged by compute_loss over the
+    # Per-example losses (Reduction.NONE), averaged by task_losses over the
     # global batch: the reduction that is correct under tf.distribute too.
     if task.type == "binary":
         return tfrs.tasks.Ranking(
@@ -52,58 +57,192 @@ def _ranking_task(task: config_lib.TaskConfig) -> tfrs.tasks.Ranking:
         name=f"{task.name}_task")
 
 
+def _parents_first(tasks: Sequence[config_lib.TaskConfig]) -> List[config_lib.TaskConfig]:
+    """The tasks ordered so that every parent comes before its children
+    (the config is checked for cycles)."""
+    ordered: List[config_lib.TaskConfig] = []
+    done = set()
+    while len(ordered) < len(tasks):
+        for task in tasks:
+            if task.name not in done and (task.parent is None or task.parent in done):
+                ordered.append(task)
+                done.add(task.name)
+    return ordered
+
+
 class MultiTaskRankingModel(tfrs.Model):
-    """Shared-bottom multi-task ranker composed from the config."""
+    """Multi-task ranker: a thin composition of the config's layers."""
 
     def __init__(self, config: config_lib.Config, **kwargs):
         super().__init__(**kwargs)
         self._config_tasks = list(config.tasks)
+        self._tasks_parents_first = _parents_first(config.tasks)
+        model = config.model
         seed = config.training.seed
         self.embedding = FeatureEmbedding(config.features, seed=seed, name="features")
-        self.bottom = mlp(config.training.bottom_units, "shared_bottom", seed)
-        self.towers = {
-            t.name: tf.keras.Sequential(
-                [mlp(config.training.tower_units, f"{t.name}_tower", seed),
-                 tf.keras.layers.Dense(1, name=f"{t.name}_output")], name=f"{t.name}_head")
-            for t in self._config_tasks}
+        self.cross = (CrossStack(model.cross_layers, model.cross_projection_dim, seed, name="cross")
+                      if model.cross_layers else None)
+        self.body = build_body(config)
+        self.towers = {t.name: task_tower(t.name, config.training.tower_units, seed, model.dropout)
+                       for t in self._config_tasks}
+        self.position_towers = {
+            name: PositionTower(model.max_position, model.position_form, name=f"{name}_position")
+            for name in model.position_tasks}
         self.ranking_tasks = {t.name: _ranking_task(t) for t in self._config_tasks}
-        # tfrs reports each step's loss; this is the mean over every example
-        # seen in the epoch, which is what early stopping must compare.
-        self.loss_tracker = tf.keras.metrics.Mean(name="mean_loss")
+        self.loss_weighting = build_loss_weighting(config)
+        # tfrs reports each step's loss; these are each task's mean loss over
+        # every example of the epoch (that the task is defined on), which is
+        # what logs and early stopping compare.
+        self.task_loss_means = {t.name: tf.keras.metrics.Mean(name=f"{t.name}_loss")
+                                for t in self._config_tasks}
+        self.weighted_loss = WeightedTaskLoss([t.loss_weight for t in self._config_tasks])
+        self.task_weights = {t.name: CurrentValue(name=f"{t.name}_weight")
+                             for t in self._config_tasks}
 
-    def task_logits(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        """Each task's raw output, shape [batch]: a logit for binary tasks,
-        the value for regression tasks."""
-        shared = self.bottom(self.embedding(features))
-        return {name: tf.squeeze(tower(shared), axis=-1) for name, tower in self.towers.items()}
+    # --- predictions --------------------------------------------------------
 
-    def call(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        logits = self.task_logits(features)
-        return {
+    def tower_logits(self, features: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
+        """Each tower's own output, [batch]: for an ESMM task the logit of
+        P(task | parent)."""
+        x = self.embedding(features)
+        if self.cross is not None:
+            x = self.cross(x)
+        tower_inputs = self.body(x, training=training)
+        return {name: tf.squeeze(tower(tower_inputs[name], training=training), axis=-1)
+                for name, tower in self.towers.items()}
+
+    def _chained(self, own: Dict[str, tf.Tensor],
+                 position: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
+        logits = {}
+        for task in self._tasks_parents_first:
+            logit = own[task.name]
+            if position is not None and task.name in self.position_towers:
+                logit = self.position_towers[task.name].combine(logit, position)
+            if task.depends_on:
+                logit = product_logit(logits[task.depends_on], logit)
+            logits[task.name] = logit
+        return logits
+
+    def task_logits(self, features: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
+        """Each task's served raw output, [batch], position-free: a logit for
+        binary tasks (of the product for ESMM tasks), the value for
+        regression tasks."""
+        return self._chained(self.tower_logits(features, training))
+
+    def call(self, features: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
+        own = self.tower_logits(features, training)
+        logits = self._chained(own)
+        outputs = {
             t.name: tf.sigmoid(logits[t.name]) if t.type == "binary" else logits[t.name]
             for t in self._config_tasks}
+        for task in self._config_tasks:
+            if task.depends_on:
+                outputs[task.conditional_output] = tf.sigmoid(own[task.name])
+        return outputs
+
+    # --- losses -------------------------------------------------------------
+
+    def task_losses(self, inputs: Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]],
+                    training: bool = False) -> Dict[str, tf.Tensor]:
+        """Each task's loss: this replica's share of the task's mean loss over
+        the global batch. Updates the task metrics.
+
+        The mean is over the examples the task is defined on: every example,
+        or for a `condition` task those whose parent label is 1, counted over
+        all replicas (a global batch with none of them contributes 0).
+        Position towers join when configured; the features must then hold
+        `position` (Transform writes it for training and evaluation data).
+        """
+        features, labels = inputs
+        position = None
+        if self.position_towers:
+            if config_lib.POSITION not in features:
+                raise ValueError(
+                    f"model.position_tasks {sorted(self.position_towers)}: the training "
+                    f"features have no '{config_lib.POSITION}' (logs without positions?)")
+            position = features[config_lib.POSITION]
+        logits = self._chained(self.tower_logits(features, training), position)
+        losses = {}
+        for index, task in enumerate(self._config_tasks):
+            # [batch, 1]: Keras losses average over the last axis.
+            y = tf.reshape(tf.cast(labels[task.label_key], tf.float32), [-1, 1])
+            if task.condition:
+                parent_label = labels[f"{task.condition}_label"]
+                mask = tf.reshape(tf.cast(parent_label > 0.5, tf.float32), [-1, 1])
+            else:
+                mask = tf.ones_like(y)
+            per_example = self.ranking_tasks[task.name](
+                labels=y, predictions=logits[task.name][:, None], sample_weight=mask,
+                training=training)
+            self.task_loss_means[task.name].update_state(per_example, sample_weight=mask[:, 0])
+            self.weighted_loss.update_state(index, per_example, mask)
+            examples = _sum_over_replicas(tf.reduce_sum(mask))
+            losses[task.name] = tf.reduce_sum(per_example) / tf.maximum(examples, 1.0)
+        return losses
 
     def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]],
                      training: bool = False) -> tf.Tensor:
-        features, labels = inputs
-        logits = self.task_logits(features)
-        per_example_total = 0.0
-        for task in self._config_tasks:
-            # [batch, 1]: Keras losses average over the last axis.
-            per_example = self.ranking_tasks[task.name](
-                labels=labels[task.label_key][:, None], predictions=logits[task.name][:, None])
-            per_example_total += task.loss_weight * per_example
-        self.loss_tracker.update_state(per_example_total)
-        return tf.nn.compute_average_loss(
-            per_example_total, global_batch_size=_global_batch_size(per_example_total))
+        return self.loss_weighting(self.task_losses(inputs, training=training))
 
-    def _with_mean_loss(self, logs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        logs = dict(logs)
-        logs["loss"] = logs["total_loss"] = self.loss_tracker.result()
+    def training_callbacks(self) -> List[tf.keras.callbacks.Callback]:
+        """Callbacks model.fit must be given (DWA sets its weights per epoch)."""
+        return self.loss_weighting.callbacks()
+
+    # --- steps --------------------------------------------------------------
+
+    def _logs(self, with_weights: bool) -> Dict[str, tf.Tensor]:
+        """Metrics, each task's epoch-mean loss (`<task>_loss`) and, when
+        training, its current weight (`<task>_weight`). `loss`/`total_loss` is
+        the sum of the task losses weighted by tasks[].loss_weight under every
+        weighting strategy, so that epochs compare on one scale."""
+        weight_metrics = {metric.name for metric in self.task_weights.values()}
+        logs = {metric.name: metric.result() for metric in self.metrics
+                if with_weights or metric.name not in weight_metrics}
+        logs["loss"] = logs[self.weighted_loss.name]
         return logs
 
     def train_step(self, inputs):
-        return self._with_mean_loss(super().train_step(inputs))
+        weighting = self.loss_weighting
+        optimizer = self.optimizer
+        scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        with tf.GradientTape(persistent=weighting.needs_task_gradients) as tape:
+            task_losses = self.task_losses(inputs, training=True)
+            loss = weighting(task_losses)
+            if self.losses:
+                loss += tf.add_n(self.losses)
+            # Differentiated under mixed precision: scaled, so float16
+            # gradients do not underflow.
+            loss_to_differentiate = optimizer.get_scaled_loss(loss) if scaled else loss
+            if weighting.needs_task_gradients:
+                task_losses_to_differentiate = {
+                    k: optimizer.get_scaled_loss(v) if scaled else v
+                    for k, v in task_losses.items()}
+
+        def gradients(target, variables):
+            grads = tape.gradient(target, variables)
+            return optimizer.get_unscaled_gradients(grads) if scaled else grads
+
+        variables = self.trainable_variables
+        pairs = list(zip(gradients(loss_to_differentiate, variables), variables))
+        if weighting.needs_task_gradients:
+            shared = self.body.shared_variables
+            loss_weights = {t.name: t.loss_weight for t in self._config_tasks}
+
+            def task_gradient_norm(name):
+                """|grad of loss_weight x task loss| over the global batch."""
+                grads = gradients(task_losses_to_differentiate[name], shared)
+                return loss_weights[name] * tf.linalg.global_norm(
+                    [_sum_over_replicas(g) for g in grads])
+
+            pairs.append((weighting.weight_gradient(task_losses, task_gradient_norm),
+                          weighting.weights_var))
+        optimizer.apply_gradients(pairs)
+        if weighting.needs_task_gradients:
+            weighting.renormalise()
+        for name, weight in weighting.task_weights().items():
+            self.task_weights[name].update_state(weight)
+        return self._logs(with_weights=True)
 
     def test_step(self, inputs):
-        return self._with_mean_loss(super().test_step(inputs))
+        self.task_losses(inputs, training=False)
+        return self._logs(with_weights=False)

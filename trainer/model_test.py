@@ -14,6 +14,7 @@ from trainer import features as features_lib
 from trainer import task as task_lib
 from trainer import testing_util as tu
 from trainer.embedding import FeatureEmbedding
+from trainer.model import MultiTaskRankingModel
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 16
@@ -293,7 +294,56 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
         single.get_weights(), mirrored_weights_before))
     weight_diff = max(float(np.abs(a - b).max()) for a, b in zip(
         mirrored.get_weights(), single.get_weights()))
+    # A conditional task (purchase only where clicked, clicks spread unevenly
+    # over the replicas), MMoE and uncertainty weighting (a per-step term
+    # that is not per-example).
+    tasks = [dict(t) for t in tu.CONFIG_DICT["tasks"]]
+    tasks[1]["condition"] = "click"
+    cond_config = tu.small_config(tasks=tasks, model={
+        "architecture": "mmoe", "num_experts": 2, "loss_weighting": "uncertainty"})
+    cond_labels = dict(odd[1], click_label=tf.constant([1, 1, 1, 0, 0, 0, 1], tf.float32))
+    cond_batch = (odd[0], cond_labels)
+    with strategy.scope():
+        cond_mirrored = MultiTaskRankingModel(cond_config)
+        cond_mirrored(features)
+    cond_single = MultiTaskRankingModel(cond_config)
+    cond_single(features)
+    cond_single.set_weights(cond_mirrored.get_weights())
+    cond_inputs = next(iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(cond_batch))))
+
+    @tf.function(autograph=False)
+    def cond_step(inputs):
+        losses = strategy.run(cond_mirrored.compute_loss, args=(inputs,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    cond_mirrored_loss = float(cond_step(cond_inputs))
+    cond_single_loss = float(cond_single.compute_loss(cond_batch))
+
+    # GradNorm's train step: per-task gradient norms over the global batch,
+    # one weight update however many replicas.
+    gn_config = tu.small_config(model={"loss_weighting": "gradnorm"})
+    with strategy.scope():
+        gn_mirrored = MultiTaskRankingModel(gn_config)
+        gn_mirrored(features)
+        gn_mirrored.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+    gn_single = MultiTaskRankingModel(gn_config)
+    gn_single(features)
+    gn_single.set_weights(gn_mirrored.get_weights())
+    gn_single.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+    for m in (gn_mirrored, gn_single):
+        m.run_eagerly = True
+        m.fit(fit_ds, epochs=1, verbose=0)
+    gn_weight_diff = max(float(np.abs(a - b).max()) for a, b in zip(
+        gn_mirrored.get_weights(), gn_single.get_weights()))
+
     print(json.dumps({
+        "gn_weight_diff": gn_weight_diff,
+        "gn_task_weights": gn_single.loss_weighting.weights_var.numpy().tolist(),
+        "gn_mirrored_task_weights": [
+            float(x) for x in gn_mirrored.loss_weighting.weights_var.numpy()],
+        "cond_mirrored_loss": cond_mirrored_loss,
+        "cond_single_loss": cond_single_loss,
         "odd_sizes": [int(x) for x in odd_sizes],
         "odd_mirrored_loss": float(odd_loss),
         "odd_single_loss": float(odd_single),
@@ -363,3 +413,127 @@ def test_towers_and_tables_start_from_different_weights(config):
     again(tu.random_transformed_batch(config, 4, seed=6))
     assert np.allclose(again.towers["click"].layers[0].layers[0].kernel.numpy(),
                        first_hidden["click"])
+
+
+# --- conditional tasks, ESMM, position towers, dropout, mixed precision -------
+
+_CLICK = {"name": "click", "feedback": "click", "type": "binary"}
+
+
+def _funnel_config(purchase_link, **overrides):
+    purchase = {"name": "purchase", "feedback": "purchase", "type": "binary", **purchase_link}
+    return tu.small_config(tasks=[_CLICK, purchase], **overrides)
+
+
+def _funnel_batch(config, n=32, seed=3):
+    features, labels = tu.random_batch_with_labels(config, n, seed=seed)
+    click = labels["click_label"].numpy()
+    assert 0 < click.sum() < n
+    # Purchases only after clicks, as in the logs.
+    labels["purchase_label"] = tf.constant(click * (np.arange(n) % 2), tf.float32)
+    return features, labels
+
+
+def _bce(labels, probabilities):
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+
+
+def test_esmm_serves_click_ctcvr_and_cvr_and_trains_ctcvr_on_all_impressions():
+    config = _funnel_config({"depends_on": "click"})
+    assert config.output_names == ["click", "purchase", "purchase_given_click"]
+    model = MultiTaskRankingModel(config)
+    features, labels = _funnel_batch(config)
+    outputs = {k: v.numpy() for k, v in model(features).items()}
+    assert set(outputs) == set(config.output_names)
+    np.testing.assert_allclose(outputs["purchase"],
+                               outputs["click"] * outputs["purchase_given_click"], rtol=1e-5)
+    losses = {k: float(v) for k, v in model.task_losses((features, labels)).items()}
+    expected = _bce(labels["purchase_label"].numpy(), outputs["purchase"]).mean()
+    assert losses["purchase"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_conditional_task_loss_is_masked_to_the_parents_positives():
+    config = _funnel_config({"condition": "click"})
+    assert config.output_names == ["click", "purchase"]
+    model = MultiTaskRankingModel(config)
+    features, labels = _funnel_batch(config)
+    clicked = labels["click_label"].numpy() == 1
+    purchase = model(features)["purchase"].numpy()
+    loss = float(model.task_losses((features, labels))["purchase"])
+    expected = _bce(labels["purchase_label"].numpy()[clicked], purchase[clicked]).mean()
+    assert loss == pytest.approx(expected, rel=1e-4)
+    # Purchase labels of unclicked impressions do not matter ...
+    flipped = dict(labels, purchase_label=tf.where(clicked, labels["purchase_label"], 1.0))
+    assert float(model.task_losses((features, flipped))["purchase"]) == pytest.approx(loss)
+    # ... and a batch without clicks gives the purchase tower no gradient.
+    no_clicks = dict(labels, click_label=tf.zeros_like(labels["click_label"]))
+    with tf.GradientTape() as tape:
+        masked = model.task_losses((features, no_clicks))["purchase"]
+    grads = tape.gradient(masked, model.towers["purchase"].trainable_variables)
+    assert float(masked) == 0.0 and all(g is None or not np.any(g.numpy()) for g in grads)
+
+
+def test_position_tower_joins_the_loss_only():
+    config = tu.small_config(model={"position_tasks": ["click"], "position_form": "additive"})
+    model = MultiTaskRankingModel(config)
+    features, labels = tu.random_batch_with_labels(config, 16)
+    at_top = dict(features, position=tf.zeros([16], tf.int64))
+    lower = dict(features, position=tf.fill([16], tf.constant(5, tf.int64)))
+    model.task_losses((at_top, labels))
+    model.position_towers["click"].logits.embeddings.assign(
+        tf.reshape(tf.range(21, dtype=tf.float32), [21, 1]))
+    served = model(features)["click"].numpy()
+    np.testing.assert_array_equal(model(at_top)["click"].numpy(), served)
+    np.testing.assert_array_equal(model(lower)["click"].numpy(), served)
+    top_loss = model.task_losses((at_top, labels))
+    low_loss = model.task_losses((lower, labels))
+    assert float(top_loss["click"]) != pytest.approx(float(low_loss["click"]))
+    assert float(top_loss["dwell"]) == pytest.approx(float(low_loss["dwell"]))
+    with pytest.raises(ValueError, match="model.position_tasks"):
+        model.task_losses((features, labels))
+
+
+def test_dropout_is_active_in_training_only():
+    config = tu.small_config(model={"dropout": 0.5})
+    model = MultiTaskRankingModel(config)
+    features, labels = tu.random_batch_with_labels(config, 32)
+    inference = model(features)["click"].numpy()
+    np.testing.assert_array_equal(model(features, training=False)["click"].numpy(), inference)
+    assert not np.allclose(model(features, training=True)["click"].numpy(), inference)
+    # compute_loss threads `training` down to the dropout layers.
+    eval_loss = float(model.compute_loss((features, labels), training=False))
+    assert float(model.compute_loss((features, labels), training=False)) == eval_loss
+    assert float(model.compute_loss((features, labels), training=True)) != eval_loss
+
+
+def test_outputs_and_losses_are_float32_under_mixed_precision():
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        config = _funnel_config({"depends_on": "click"},
+                                model={"architecture": "mmoe", "cross_layers": 1})
+        model = MultiTaskRankingModel(config)
+        model.compile(optimizer=tf.keras.mixed_precision.LossScaleOptimizer(
+            tf.keras.optimizers.Adam(0.01)))
+        features, labels = _funnel_batch(config)
+        outputs = model(features)
+        logs = model.train_step((features, labels))
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert model.body.experts.experts[0].layers[0].compute_dtype == "float16"
+    assert all(v.dtype == tf.float32 for v in outputs.values())
+    assert np.isfinite(float(logs["loss"]))
+
+
+def test_mirrored_conditional_mmoe_uncertainty_loss_equals_single_device(mirrored_result):
+    """The masked task's mean is over the clicked examples of the global
+    batch (3 on one replica, 1 on the other), not per replica."""
+    assert mirrored_result["cond_mirrored_loss"] == pytest.approx(
+        mirrored_result["cond_single_loss"], rel=1e-5)
+
+
+def test_mirrored_gradnorm_step_equals_single_device(mirrored_result):
+    weights = mirrored_result["gn_task_weights"]
+    assert not np.allclose(weights, 1.0)  # the step moved the task weights
+    np.testing.assert_allclose(mirrored_result["gn_mirrored_task_weights"], weights, rtol=1e-5)
+    assert mirrored_result["gn_weight_diff"] <= 1e-5

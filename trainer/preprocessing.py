@@ -12,6 +12,7 @@ import tensorflow_transform as tft
 
 from pipeline import config as config_lib
 from trainer import features as features_lib
+from trainer import position
 
 
 def _as_vector(x, default) -> tf.Tensor:
@@ -73,6 +74,12 @@ def transform_config(config: config_lib.Config, inputs: Dict[str, Any]) -> Dict[
             outputs[feature.name] = _numeric(x, feature)
     for task in config.tasks:
         outputs[task.label_key] = tf.cast(_as_vector(inputs[task.label_key], 0.0), tf.float32)
+    if config.model.position_tasks:
+        if config_lib.POSITION not in inputs:
+            raise ValueError(f"model.position_tasks: the examples have no "
+                             f"'{config_lib.POSITION}' (do the logs give impression positions?)")
+        outputs[config_lib.POSITION] = position.transformed_position(
+            _as_vector(inputs[config_lib.POSITION], position.MISSING_POSITION))
     return outputs
 
 

@@ -170,3 +170,22 @@ def random_transformed_batch(config: config_lib.Config, batch_size: int,
             out[f.name] = tf.constant(
                 rng.randint(0, features_lib.embedding_input_dim(f), size=batch_size), tf.int64)
     return out
+
+
+def random_batch_with_labels(config: config_lib.Config, batch_size: int, seed: int = 0):
+    """(random transformed features, labels) for any config: binary labels
+    0/1 at random (the first binary task's label is 1 for category id 0, so
+    it is learnable), regression labels in [0, 3)."""
+    rng = np.random.RandomState(seed + 1)
+    features = random_transformed_batch(config, batch_size, seed=seed)
+    labels = {}
+    first_binary = next((t.name for t in config.tasks if t.type == "binary"), None)
+    for task in config.tasks:
+        if task.name == first_binary and "category" in features:
+            values = (features["category"].numpy() == 0).astype(np.float32)
+        elif task.type == "binary":
+            values = rng.randint(0, 2, batch_size).astype(np.float32)
+        else:
+            values = (rng.rand(batch_size) * 3).astype(np.float32)
+        labels[task.label_key] = tf.constant(values)
+    return features, labels

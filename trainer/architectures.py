@@ -1,0 +1,50 @@
+"""The registry of model bodies by `model.architecture`.
+
+A body maps the embedded features to each task's tower input
+({task name: [batch, units]}) and names its `shared_variables` (the last
+layer every task shares, where GradNorm measures gradients). A new
+architecture is a new module with such a layer, one entry here and its name
+in pipeline.config.ARCHITECTURES.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from trainer.mmoe import MMoE
+from trainer.ple import PLE
+from trainer.shared_bottom import SharedBottom
+
+Builder = Callable[[config_lib.Config], tf.keras.layers.Layer]
+
+
+def _shared_bottom(config: config_lib.Config) -> tf.keras.layers.Layer:
+    return SharedBottom([t.name for t in config.tasks], config.training.bottom_units,
+                        config.training.seed, config.model.dropout, name="shared_bottom")
+
+
+def _mmoe(config: config_lib.Config) -> tf.keras.layers.Layer:
+    return MMoE([t.name for t in config.tasks], config.model.num_experts,
+                config.training.bottom_units, config.training.seed, config.model.dropout,
+                name="mmoe")
+
+
+def _ple(config: config_lib.Config, extraction_layers: int) -> tf.keras.layers.Layer:
+    model = config.model
+    return PLE([t.name for t in config.tasks], extraction_layers, model.num_experts,
+               model.task_experts, config.training.bottom_units, config.training.seed,
+               model.dropout, name=config.model.architecture)
+
+
+ARCHITECTURES: Dict[str, Builder] = {
+    "shared_bottom": _shared_bottom,
+    "mmoe": _mmoe,
+    "cgc": lambda config: _ple(config, extraction_layers=1),
+    "ple": lambda config: _ple(config, config.model.extraction_layers),
+}
+
+
+def build_body(config: config_lib.Config) -> tf.keras.layers.Layer:
+    return ARCHITECTURES[config.model.architecture](config)

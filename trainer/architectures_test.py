@@ -1,0 +1,39 @@
+"""Tests of trainer/architectures.py: the registry covers the config's
+names, and every architecture trains inside the full model."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from trainer import architectures
+from trainer import testing_util as tu
+from trainer.model import MultiTaskRankingModel
+
+
+def test_registry_names_are_the_configs():
+    assert set(architectures.ARCHITECTURES) == set(config_lib.ARCHITECTURES)
+
+
+@pytest.mark.parametrize("model_section", [
+    {"architecture": "shared_bottom", "cross_layers": 2, "cross_projection_dim": 4},
+    {"architecture": "mmoe", "num_experts": 3},
+    {"architecture": "cgc", "num_experts": 2, "task_experts": 1},
+    {"architecture": "ple", "num_experts": 2, "task_experts": 1, "extraction_layers": 2},
+])
+def test_architecture_trains_in_the_model(model_section):
+    tf.keras.utils.set_random_seed(0)
+    config = tu.small_config(model=model_section)
+    model = MultiTaskRankingModel(config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    features, labels = tu.random_batch_with_labels(config, 16)
+    outputs = model(features)
+    assert set(outputs) == {"click", "purchase", "dwell"}
+    assert model.body.name == model_section["architecture"]
+    assert model.body.shared_variables
+    if "cross_layers" in model_section:
+        assert len(model.cross.crosses) == 2
+    before = float(model.compute_loss((features, labels)))
+    for _ in range(5):
+        logs = model.train_step((features, labels))
+    assert np.isfinite(float(logs["loss"]))
+    assert float(model.compute_loss((features, labels))) < before

@@ -1,0 +1,274 @@
+"""Tests of trainer/task.py on the real input path: the real Transform (tf.Transform
+on Beam) over a few hundred rows, its output read by the trainer's input_fn
+through the FnArgs TFX builds, and the real model.
+
+Distribution runs in subprocesses: logical devices and TF_CONFIG must be set
+before TensorFlow runs its first op.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.types import artifact_utils, standard_artifacts
+
+from pipeline import config as config_lib
+from trainer import task as task_lib
+from trainer import testing_util as tu
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROWS = 240
+TRAINING = {"batch_size": 16, "epochs": 3, "early_stopping_patience": 3, "learning_rate": 0.01,
+            "bottom_units": [16], "tower_units": [8], "seed": 1}
+
+
+def _config(**training) -> config_lib.Config:
+    return tu.small_config(training={**TRAINING, **training})
+
+
+def _instances(config):
+    """ROWS raw instances: the fixture's 20, repeated with distinct items."""
+    base = tu.raw_instances(config)
+    rows = []
+    for i in range(ROWS):
+        row = dict(base[i % len(base)])
+        row["item_id"] = [f"i{i}".encode()]
+        rows.append(row)
+    return rows
+
+
+def _to_example(transformed: dict) -> bytes:
+    feature = {}
+    for name, value in transformed.items():
+        value = np.atleast_1d(np.asarray(value)).ravel()
+        if np.issubdtype(value.dtype, np.integer):
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+        else:
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The Transform output and transformed train (4/5) / eval (1/5) splits,
+    as the Transform component writes them."""
+    work = tmp_path_factory.mktemp("task")
+    config = _config()
+    transformed, transform_dir = tu.run_transform(config, _instances(config), str(work))
+    examples_dir = work / "transformed_examples"
+    splits = {"train": transformed[: ROWS * 4 // 5], "eval": transformed[ROWS * 4 // 5:]}
+    for split, rows in splits.items():
+        os.makedirs(examples_dir / f"Split-{split}")
+        with tf.io.TFRecordWriter(str(examples_dir / f"Split-{split}" / "data.gz"),
+                                  options="GZIP") as writer:
+            for row in rows:
+                writer.write(_to_example(row))
+    return {"examples": str(examples_dir), "transform": transform_dir}
+
+
+def _fn_args(inputs, run_dir, config, train_steps=0):
+    examples = standard_artifacts.Examples()
+    examples.uri = inputs["examples"]
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    return task_lib.fn_args_from_artifacts(
+        examples, inputs["transform"], config, os.path.join(run_dir, "model_run", "7"),
+        os.path.join(run_dir, "serving"), train_steps=train_steps)
+
+
+class _EpochRecorder(tf.keras.callbacks.Callback):
+    """Records the epochs run, the optimizer's step count at the start and
+    after each epoch and the learning rate after each epoch; raises after
+    epoch `stop_after`."""
+
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.epochs, self.steps, self.learning_rates = [], [], []
+        self._stop_after = stop_after
+
+    def on_train_begin(self, logs=None):
+        self.steps.append(int(self.model.optimizer.iterations))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps.append(int(self.model.optimizer.iterations))
+        self.learning_rates.append(float(self.model.optimizer.learning_rate))
+        if epoch == self._stop_after:
+            raise RuntimeError(f"interrupted after epoch {epoch}")
+
+
+def test_interrupted_training_resumes_from_next_epoch_on_its_schedule(inputs, tmp_path):
+    config = _config(epochs=2, lr_schedule="cosine", warmup_steps=4)
+    fn_args = _fn_args(inputs, str(tmp_path), config)
+    first = _EpochRecorder(stop_after=0)
+    with pytest.raises(RuntimeError, match="interrupted after epoch 0"):
+        task_lib.train_model(fn_args, config, extra_callbacks=[first])
+    assert first.epochs == [0]
+    backup = task_lib.checkpoint_dir(fn_args, config)
+    assert backup.startswith(str(tmp_path / "checkpoints") + "/")
+    assert os.listdir(backup)
+
+    # The re-run is a new Trainer execution: another model_run_dir.
+    rerun_args = _fn_args(inputs, str(tmp_path), config)
+    rerun_args.model_run_dir = str(tmp_path / "model_run" / "8")
+    assert task_lib.checkpoint_dir(rerun_args, config) == backup
+    second = _EpochRecorder()
+    model, history = task_lib.train_model(rerun_args, config, extra_callbacks=[second])
+    assert second.epochs == [1]
+    assert len(history.history["total_loss"]) == 1
+    # Epoch 0's state came back: the optimizer's step count goes on from it.
+    assert first.steps[0] == 0 and first.steps[1] > 0
+    assert second.steps[0] == first.steps[1]
+    assert second.steps[-1] > second.steps[0]
+    # A finished run leaves no checkpoint to resume from.
+    assert not os.path.exists(backup) or not os.listdir(backup)
+    # TensorBoard logs of the re-run under its model_run_dir.
+    assert tf.io.gfile.glob(os.path.join(rerun_args.model_run_dir, "train", "events.*"))
+    assert tf.io.gfile.glob(os.path.join(rerun_args.model_run_dir, "validation", "events.*"))
+
+    # The cosine schedule over the whole run (2 epochs of counted batches):
+    # part-way down after epoch 0, at 0 at the end.
+    assert 0.001 < first.learning_rates[0] < 0.009
+    assert second.learning_rates[-1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_checkpoint_dir_differs_for_another_config_and_follows_config(inputs, tmp_path):
+    config = _config()
+    fn_args = _fn_args(inputs, str(tmp_path), config)
+    other = _config(learning_rate=0.02)
+    assert task_lib.checkpoint_dir(fn_args, other) != task_lib.checkpoint_dir(fn_args, config)
+    configured = _config(checkpoint_dir=str(tmp_path / "ckpt"))
+    assert task_lib.checkpoint_dir(fn_args, configured).startswith(str(tmp_path / "ckpt") + "/")
+
+
+def test_learning_rate_schedules():
+    cosine = task_lib.learning_rate(_config(lr_schedule="cosine", warmup_steps=4).training, 24)
+    assert [round(float(cosine(s)), 6) for s in (0, 2, 4, 24)] == [0.0, 0.005, 0.01, 0.0]
+    assert 0.0 < float(cosine(14)) < 0.01
+    training = _config().training
+    assert task_lib.learning_rate(training, None) == 0.01
+    warm = task_lib.learning_rate(_config(warmup_steps=10).training, None)
+    assert [round(float(warm(s)), 6) for s in (0, 5, 10, 1000)] == [0.0, 0.005, 0.01, 0.01]
+
+
+def test_mixed_precision_only_with_a_gpu():
+    assert task_lib.precision_policy(_config(mixed_precision=True), True) == "mixed_float16"
+    assert task_lib.precision_policy(_config(mixed_precision=True), False) == "float32"
+    assert task_lib.precision_policy(_config(), True) == "float32"
+
+
+def test_run_fn_uses_one_device_without_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    strategy = task_lib.distribution_strategy()
+    assert strategy.num_replicas_in_sync == 1 and task_lib.is_chief(strategy)
+
+
+# Trains the same config on one device with a global batch of 32 and on two
+# replicas (logical CPUs, or two worker processes) with 16 each.
+_TRAIN_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import tensorflow as tf
+    mode, examples, transform, out_dir = sys.argv[1:5]
+    if mode == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tfx.types import artifact_utils, standard_artifacts
+    from trainer import task, testing_util as tu
+
+    training = json.loads(sys.argv[5])
+    def fit(batch_size, strategy, run_dir):
+        config = tu.small_config(training=dict(training, batch_size=batch_size))
+        artifact = standard_artifacts.Examples()
+        artifact.uri = examples
+        artifact.split_names = artifact_utils.encode_split_names(["train", "eval"])
+        fn_args = task.fn_args_from_artifacts(
+            artifact, transform, config, os.path.join(run_dir, "model_run", "1"),
+            os.path.join(run_dir, "serving"))
+        model, history = task.train_model(fn_args, config, strategy)
+        return {"replicas": model.distribute_strategy.num_replicas_in_sync,
+                "chief": task.is_chief(model.distribute_strategy),
+                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+
+    if mode == "mirrored":
+        result = {
+            # The trainer's own choice: one device (no GPU, no TF_CONFIG).
+            "single": fit(32, None, os.path.join(out_dir, "single")),
+            "mirrored": fit(16, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+                            os.path.join(out_dir, "mirrored"))}
+    else:  # a worker of TF_CONFIG's cluster: the strategy is the trainer's choice
+        result = fit(16, None, os.path.join(out_dir, "multi_worker"))
+    print(json.dumps(result))
+""")
+
+
+def _run_script(mode, inputs, out_dir, env_extra=None):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO_ROOT, **(env_extra or {}))
+    return subprocess.Popen(
+        [sys.executable, "-c", _TRAIN_SCRIPT, mode, inputs["examples"], inputs["transform"],
+         str(out_dir), json.dumps({**TRAINING, "epochs": 2})],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc, timeout=240):
+    stdout, stderr = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _assert_same_losses(a, b):
+    for key in ("total_loss", "val_total_loss", "val_click_auc"):
+        assert len(a[key]) == len(b[key]) == 2, key
+        np.testing.assert_allclose(a[key], b[key], rtol=2e-4, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def single_device(inputs, tmp_path_factory):
+    result = _result(_run_script("mirrored", inputs, tmp_path_factory.mktemp("mirrored")))
+    assert result["single"]["replicas"] == 1
+    return result
+
+
+def test_two_logical_devices_train_to_the_same_losses_as_one(single_device):
+    assert single_device["mirrored"]["replicas"] == 2
+    _assert_same_losses(single_device["mirrored"]["history"],
+                        single_device["single"]["history"])
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_from_tf_config_train_to_the_same_losses_as_one(
+        inputs, single_device, tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs = [
+        _run_script("worker", inputs, tmp_path / f"w{i}", {"TF_CONFIG": json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})})
+        for i in range(2)]
+    try:
+        results = [_result(p) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [r["replicas"] for r in results] == [2, 2]
+    assert [r["chief"] for r in results] == [True, False]
+    for result in results:
+        _assert_same_losses(result["history"], single_device["single"]["history"])
+    # Only the chief writes into the model_run_dir.
+    assert os.listdir(tmp_path / "w0" / "multi_worker" / "model_run" / "1")
+    assert not os.path.exists(tmp_path / "w1" / "multi_worker" / "model_run" / "1")
