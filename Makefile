@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,20 @@ $(STAMP): setup.py constraints.txt scripts/find_python310.sh
 demo: setup
 	$(VENV)/bin/mtrank demo --work-dir $(DEMO_DIR)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium for the report's browser test (Debian's package). Installs
+# only if missing; where apt-get is unavailable (or not root) it says so and
+# the browser tests fail with a message naming this target.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium (headless browser for the report test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	    || echo "warning: could not install chromium; the report browser tests will fail"; \
+	else echo "warning: no $(CHROMIUM) and no apt-get as root; the report browser tests will fail"; fi
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

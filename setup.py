@@ -9,7 +9,7 @@ setup(
     packages=find_packages(
         include=["pipeline*", "components*", "trainer*", "serving*", "kubeflow*"]
     ),
-    package_data={"pipeline": ["configs/*.yaml"]},
+    package_data={"pipeline": ["configs/*.yaml", "schemas/*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",
@@ -26,6 +26,7 @@ setup(
         "pyyaml",
         "grpcio-health-checking",
         "psutil",
+        "matplotlib",  # plots of `mtrank report`
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["mtrank=pipeline.cli:main"]},

@@ -1,15 +1,32 @@
-"""The TFMA EvalConfig, generated from the config's tasks.
+"""The TFMA EvalConfig, generated from the config's tasks and validation section.
 
 Each task is one output of the served model (`output_names`), with its own
-label (`label_keys`), metrics and blessing bounds: an absolute bound, and a
-change bound against the last blessed model. TFMA blesses the candidate only
-if every task passes, so one regressing task blocks the push.
+label (`label_keys`), metrics, plots and blessing bounds: an absolute bound,
+and a change bound against the last blessed model. TFMA blesses the candidate
+only if every task passes, so one regressing task blocks the push.
+
+Slices: metrics and plots are computed overall and for every slice of
+`validation.slices`. A bound in `MetricConfig.threshold` would apply to every
+slice, however small, and TFMA's own `Options.min_slice_size` turns a small
+slice's metrics into "Metric not found" failures. So bounds sit in
+`per_slice_thresholds`, restricted to the overall slice here; once the eval
+split's slice sizes are known, `gate_slices` adds the slices with at least
+`validation.min_slice_size` examples (the SlicedEvaluator does this at run
+time). Smaller slices keep their metrics for the report and decide nothing.
 """
 from __future__ import annotations
+
+from typing import Dict, List, Tuple
 
 import tensorflow_model_analysis as tfma
 
 from pipeline import config as config_lib
+
+# A slice: ((feature, value), ...) in the order of its slicing spec's features.
+SliceKey = Tuple[Tuple[str, str], ...]
+
+# The bounded metric of each task type and the config fields of its bounds.
+BOUNDED_METRIC = {"binary": "AUC", "regression": "MeanSquaredError"}
 
 
 def _threshold(lower=None, upper=None, max_drop=None, max_increase=None):
@@ -27,21 +44,35 @@ def _threshold(lower=None, upper=None, max_drop=None, max_increase=None):
     return threshold
 
 
+def _bounded(class_name: str, threshold: tfma.MetricThreshold) -> tfma.MetricConfig:
+    metric = tfma.MetricConfig(class_name=class_name)
+    if threshold.ByteSize():
+        metric.per_slice_thresholds.add(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)
+    return metric
+
+
 def _task_metrics(task: config_lib.TaskConfig) -> tfma.MetricsSpec:
     bounds = task.eval
     if task.type == "binary":
         metrics = [
-            tfma.MetricConfig(class_name="AUC", threshold=_threshold(
-                lower=bounds.min_auc, max_drop=bounds.max_auc_drop)),
+            _bounded("AUC", _threshold(lower=bounds.min_auc, max_drop=bounds.max_auc_drop)),
+            tfma.MetricConfig(class_name="AUCPrecisionRecall"),
+            # mean prediction / mean label: 1 when calibrated on average.
+            tfma.MetricConfig(class_name="Calibration"),
             tfma.MetricConfig(class_name="BinaryCrossentropy"),
             tfma.MetricConfig(class_name="MeanLabel"),
             tfma.MetricConfig(class_name="MeanPrediction"),
+            # The report's reliability diagram and precision-recall curve.
+            tfma.MetricConfig(class_name="CalibrationPlot", config='"num_buckets": 10'),
+            tfma.MetricConfig(class_name="ConfusionMatrixPlot", config='"num_thresholds": 100'),
         ]
     else:
         metrics = [
-            tfma.MetricConfig(class_name="MeanSquaredError", threshold=_threshold(
+            _bounded("MeanSquaredError", _threshold(
                 upper=bounds.max_mse, max_increase=bounds.max_mse_increase)),
             tfma.MetricConfig(class_name="MeanAbsoluteError"),
+            tfma.MetricConfig(class_name="MeanLabel"),
+            tfma.MetricConfig(class_name="MeanPrediction"),
         ]
     metrics.append(tfma.MetricConfig(class_name="ExampleCount"))
     return tfma.MetricsSpec(output_names=[task.name], metrics=metrics)
@@ -53,7 +84,36 @@ def make_eval_config(config: config_lib.Config) -> tfma.EvalConfig:
             signature_name="serving_default",
             label_keys={task.name: task.label_key for task in config.tasks})],
         metrics_specs=[_task_metrics(task) for task in config.tasks],
-        slicing_specs=[tfma.SlicingSpec()],
+        slicing_specs=[tfma.SlicingSpec()] + [
+            tfma.SlicingSpec(feature_keys=keys) for keys in config.validation.slices],
         # The model's compiled Keras metrics have no output names and are
         # training-time metrics; every evaluated metric is declared above.
         options=tfma.Options(include_default_metrics={"value": False}))
+
+
+def slice_features(eval_config: tfma.EvalConfig) -> List[List[str]]:
+    """The feature lists of the config's slices (the overall slice has none)."""
+    return [list(spec.feature_keys) for spec in eval_config.slicing_specs if spec.feature_keys]
+
+
+def slice_name(key: SliceKey) -> str:
+    """`device=mobile,country=US`, or `overall` for the empty key."""
+    return ",".join(f"{feature}={value}" for feature, value in key) or "overall"
+
+
+def gate_slices(eval_config: tfma.EvalConfig, slice_sizes: Dict[SliceKey, int],
+                min_slice_size: int) -> Tuple[tfma.EvalConfig, Dict[str, List[str]]]:
+    """A copy of `eval_config` whose bounds also apply to each slice of
+    `slice_sizes` with at least `min_slice_size` examples, and
+    {"gated": [slice names], "too_small": [slice names]}."""
+    gated_config = tfma.EvalConfig()
+    gated_config.CopyFrom(eval_config)
+    large = sorted(key for key, size in slice_sizes.items() if size >= min_slice_size)
+    specs = [tfma.SlicingSpec(feature_values=dict(key)) for key in large]
+    for metrics_spec in gated_config.metrics_specs:
+        for metric in metrics_spec.metrics:
+            for per_slice in metric.per_slice_thresholds:
+                per_slice.slicing_specs.extend(specs)
+    return gated_config, {
+        "gated": [slice_name(key) for key in large],
+        "too_small": [slice_name(key) for key in sorted(set(slice_sizes) - set(large))]}

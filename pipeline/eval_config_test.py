@@ -1,5 +1,6 @@
 """Tests of pipeline/eval_config.py: the TFMA EvalConfig made from the config."""
 import pytest
+import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_specs
 
@@ -29,6 +30,15 @@ def _metric(spec, class_name):
     return metrics[0]
 
 
+def _bounds(metric):
+    """The one threshold of a bounded metric, checked to apply to the overall
+    slice only (a plain `threshold` would apply to every slice)."""
+    assert not metric.HasField("threshold"), metric.class_name
+    assert len(metric.per_slice_thresholds) == 1, metric.class_name
+    assert list(metric.per_slice_thresholds[0].slicing_specs) == [tfma.SlicingSpec()]
+    return metric.per_slice_thresholds[0].threshold
+
+
 def test_one_metrics_spec_per_task(config, made):
     assert len(made.metrics_specs) == len(config.tasks) == 3
     assert [list(s.output_names) for s in made.metrics_specs] == [["click"], ["purchase"],
@@ -48,33 +58,34 @@ def test_binary_tasks_have_auc_bounds(config, made):
     for name in ("click", "purchase"):
         bounds = config.tasks[[t.name for t in config.tasks].index(name)].eval
         spec = _spec(made, name)
-        auc = _metric(spec, "AUC")
-        value = auc.threshold.value_threshold
+        auc = _bounds(_metric(spec, "AUC"))
+        value = auc.value_threshold
         assert value.lower_bound.value == pytest.approx(bounds.min_auc)
         assert not value.HasField("upper_bound")
-        change = auc.threshold.change_threshold
+        change = auc.change_threshold
         assert change.direction == tfma.MetricDirection.HIGHER_IS_BETTER
         assert change.absolute.value == pytest.approx(-bounds.max_auc_drop)
         assert change.absolute.value < 0
         assert not change.HasField("relative")
         names = {m.class_name for m in spec.metrics}
         assert "MeanSquaredError" not in names
-        assert {"AUC", "ExampleCount"} <= names
+        assert {"AUC", "AUCPrecisionRecall", "Calibration", "BinaryCrossentropy",
+                "ExampleCount", "CalibrationPlot", "ConfusionMatrixPlot"} <= names
     # The per-task bounds are the task's own.
-    assert _metric(_spec(made, "click"), "AUC").threshold.value_threshold.lower_bound.value == \
+    assert _bounds(_metric(_spec(made, "click"), "AUC")).value_threshold.lower_bound.value == \
         pytest.approx(0.5)
-    assert _metric(_spec(made, "purchase"), "AUC").threshold.value_threshold.lower_bound.value \
+    assert _bounds(_metric(_spec(made, "purchase"), "AUC")).value_threshold.lower_bound.value \
         == pytest.approx(0.6)
 
 
 def test_regression_task_has_mse_bounds(made):
     spec = _spec(made, "dwell")
     names = {m.class_name for m in spec.metrics}
-    assert "AUC" not in names
-    mse = _metric(spec, "MeanSquaredError")
-    assert mse.threshold.value_threshold.upper_bound.value == pytest.approx(4.0)
-    assert not mse.threshold.value_threshold.HasField("lower_bound")
-    change = mse.threshold.change_threshold
+    assert "AUC" not in names and "MeanAbsoluteError" in names
+    mse = _bounds(_metric(spec, "MeanSquaredError"))
+    assert mse.value_threshold.upper_bound.value == pytest.approx(4.0)
+    assert not mse.value_threshold.HasField("lower_bound")
+    change = mse.change_threshold
     assert change.direction == tfma.MetricDirection.LOWER_IS_BETTER
     assert change.absolute.value == pytest.approx(0.1)
 
@@ -86,11 +97,10 @@ def test_unset_bounds_give_no_thresholds():
               "eval": {"max_mse": 3.0}}]
     made = eval_config.make_eval_config(tu.small_config(tasks=tasks))
     for metric in _spec(made, "click").metrics:
-        assert not metric.threshold.HasField("value_threshold"), metric
-        assert not metric.threshold.HasField("change_threshold"), metric
-    mse = _metric(_spec(made, "dwell"), "MeanSquaredError")
-    assert mse.threshold.value_threshold.upper_bound.value == pytest.approx(3.0)
-    assert not mse.threshold.HasField("change_threshold")
+        assert not metric.HasField("threshold") and not metric.per_slice_thresholds, metric
+    mse = _bounds(_metric(_spec(made, "dwell"), "MeanSquaredError"))
+    assert mse.value_threshold.upper_bound.value == pytest.approx(3.0)
+    assert not mse.HasField("change_threshold")
     # No change thresholds: valid without a baseline even when not rubber stamping.
     updated = tfma.utils.update_eval_config_with_defaults(made, has_baseline=False)
     thresholds = metric_specs.metric_thresholds_from_metrics_specs(
@@ -134,3 +144,79 @@ def test_validates_with_tfma_defaults(made, has_baseline):
 def test_change_thresholds_require_baseline_unless_rubber_stamped(made):
     with pytest.raises(RuntimeError, match="baseline"):
         tfma.utils.update_eval_config_with_defaults(made, has_baseline=False)
+
+
+def test_slices_from_config_and_bounds_start_overall_only():
+    made = eval_config.make_eval_config(tu.small_config(
+        validation={"slices": [["category"], ["category", "user_id"]], "min_slice_size": 50}))
+    assert list(made.slicing_specs) == [
+        tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=["category"]),
+        tfma.SlicingSpec(feature_keys=["category", "user_id"])]
+    assert eval_config.slice_features(made) == [["category"], ["category", "user_id"]]
+    # TFMA's own min_slice_size would fail small slices ("Metric not found").
+    assert not made.options.HasField("min_slice_size")
+
+
+def test_gate_slices_bounds_only_large_slices():
+    made = eval_config.make_eval_config(tu.small_config(validation={"slices": [["category"]]}))
+    sizes = {(("category", "a"),): 300, (("category", "b"),): 49, (("category", "c"),): 50}
+    gated, gating = eval_config.gate_slices(made, sizes, 50)
+    assert gating == {"gated": ["category=a", "category=c"], "too_small": ["category=b"]}
+    auc = _metric(_spec(gated, "click"), "AUC")
+    assert list(auc.per_slice_thresholds[0].slicing_specs) == [
+        tfma.SlicingSpec(), tfma.SlicingSpec(feature_values={"category": "a"}),
+        tfma.SlicingSpec(feature_values={"category": "c"})]
+    # The input config is left as it was.
+    assert len(_metric(_spec(made, "click"), "AUC").per_slice_thresholds[0].slicing_specs) == 1
+
+
+def test_tfma_blocks_on_a_large_failing_slice_and_ignores_a_tiny_one(tmp_path):
+    """A real TFMA run over predictions: category b (large) misses click's
+    AUC floor and blocks; category tiny is worse but below the minimum size."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline import run_summary
+
+    rng = np.random.default_rng(0)
+    category = np.array(["a"] * 200 + ["b"] * 190 + ["tiny"] * 10)
+    click_label = (rng.random(len(category)) < 0.4).astype(float)
+    strength = np.select([category == "a", category == "b"], [0.8, -0.1], -1.0)
+    click = np.clip(0.5 + strength * (click_label - 0.5) + 0.2 * rng.random(len(category)), 0, 1)
+    dwell_label = rng.random(len(category)) * 3
+    frame = pd.DataFrame({"category": category, "click_label": click_label, "click": click,
+                          "dwell_label": dwell_label, "dwell": dwell_label + 0.1})
+    tasks = [{"name": "click", "feedback": "click",
+              "eval": {"min_auc": 0.6, "max_auc_drop": None}},
+             {"name": "dwell", "feedback": "dwell", "type": "regression",
+              "eval": {"max_mse": 1.0}}]
+    made = eval_config.make_eval_config(tu.small_config(
+        tasks=tasks, validation={"slices": [["category"]], "min_slice_size": 50}))
+    # Predictions are columns here, not a served model's outputs.
+    model_spec = made.model_specs[0]
+    model_spec.ClearField("signature_name")
+    model_spec.prediction_keys.update({"click": "click", "dwell": "dwell"})
+    sizes = {(("category", value),): int((category == value).sum()) for value in ("a", "b", "tiny")}
+    gated, _ = eval_config.gate_slices(made, sizes, 50)
+    data = str(tmp_path / "predictions.tfrecord")
+    with tf.io.TFRecordWriter(data) as writer:
+        for row in frame.itertuples(index=False):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "category": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[row.category.encode()])),
+                **{name: tf.train.Feature(float_list=tf.train.FloatList(
+                    value=[getattr(row, name)])) for name in frame.columns[1:]}}))
+                .SerializeToString())
+    output = str(tmp_path / "evaluation")
+    tfma.run_model_analysis(eval_config=gated, data_location=data, output_path=output)
+
+    failures = run_summary.validation_failures(output)
+    assert [(f["task"], f["slice"], f["metric"], f["kind"]) for f in failures] == [
+        ("click", "category=b", "auc", "absolute")]
+    failure = failures[0]
+    assert failure["bound"] == ">= 0.6"
+    assert failure["value"] < 0.6 and failure["by"] == pytest.approx(0.6 - failure["value"])
+    assert "task click, slice category=b: auc" in run_summary.describe_failure(failure)
+    # The tiny slice is still evaluated (for the report), only not gated.
+    slices = {run_summary._slice_name(m.slice_key): m for m in tfma.load_metrics(output)}
+    assert {"overall", "category=a", "category=b", "category=tiny"} <= set(slices)

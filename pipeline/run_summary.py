@@ -20,9 +20,10 @@ from google.protobuf import json_format
 from ml_metadata.proto import metadata_store_pb2
 from sklearn.metrics import roc_auc_score
 
-from components import ingest, labelling, tabular_example_gen
+from components import ingest, labelling, spans, tabular_example_gen
 from components.log_example_gen import COUNTS_PROPERTY
 from pipeline import config as config_lib
+from pipeline.sliced_evaluator import SLICE_GATING_FILE
 
 TRUTH_FILE = "truth.jsonl.gz"
 
@@ -87,22 +88,84 @@ def task_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
     return dict(metrics)
 
 
-def _validation_failures(evaluation_uri: str) -> List[str]:
+def _slice_value(key) -> str:
+    kind = key.WhichOneof("kind")
+    value = getattr(key, kind) if kind else ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _slice_name(slice_key) -> str:
+    """`device=mobile`, as eval_config.slice_name names slices; `overall`."""
+    return ",".join(f"{k.column}={_slice_value(k)}"
+                    for k in slice_key.single_slice_keys) or "overall"
+
+
+def data_anomalies(error: Optional[str]) -> List[str]:
+    """The anomalies a DataValidationGate error names, one a line."""
+    marker = "run stopped before Transform: "
+    if not error or not error.startswith("DataAnomaliesError") or marker not in error:
+        return []
+    return error.split(marker, 1)[1].split("; ")
+
+
+def validation_failures(evaluation_uri: str) -> List[dict]:
+    """Each failed bound: task, slice, metric, whether the absolute value or
+    the change against the last blessed model failed, the value, the bound
+    and by how much it missed."""
     result = tfma.load_validation_result(evaluation_uri)
     failures = []
     for per_slice in result.metric_validations_per_slice:
-        slice_name = ",".join(f"{k.column}={k.bytes_value or k.int64_value or k.float_value}"
-                              for k in per_slice.slice_key.single_slice_keys) or "overall"
         for failure in per_slice.failures:
-            failures.append(
-                f"task {failure.metric_key.output_name}, slice {slice_name}: "
-                f"{failure.metric_key.name} {'change ' if failure.metric_key.is_diff else ''}"
-                f"{failure.metric_value.double_value.value:.4f} fails {failure.message}".strip())
+            key, threshold = failure.metric_key, failure.metric_threshold
+            value = (failure.metric_value.double_value.value
+                     if failure.HasField("metric_value") else None)
+            entry = {"task": key.output_name, "slice": _slice_name(per_slice.slice_key),
+                     "metric": key.name, "kind": "change" if key.is_diff else "absolute",
+                     "value": value, "bound": None, "by": None,
+                     "message": failure.message.strip()}
+            if threshold.HasField("value_threshold"):
+                bounds = threshold.value_threshold
+                if bounds.HasField("lower_bound") and (value is None or
+                                                       value < bounds.lower_bound.value):
+                    entry["bound"] = f">= {bounds.lower_bound.value:g}"
+                    entry["by"] = None if value is None else bounds.lower_bound.value - value
+                elif bounds.HasField("upper_bound"):
+                    entry["bound"] = f"<= {bounds.upper_bound.value:g}"
+                    entry["by"] = None if value is None else value - bounds.upper_bound.value
+            elif threshold.HasField("change_threshold"):
+                change = threshold.change_threshold
+                limit = change.absolute.value
+                if change.direction == tfma.MetricDirection.HIGHER_IS_BETTER:
+                    entry["bound"] = f"change >= {limit:g}"
+                    entry["by"] = None if value is None else limit - value
+                else:
+                    entry["bound"] = f"change <= {limit:g}"
+                    entry["by"] = None if value is None else value - limit
+            failures.append(entry)
     return failures
 
 
+def describe_failure(failure: dict) -> str:
+    """One line: which task and slice failed which bound, and by how much."""
+    value = "not computed" if failure["value"] is None else f"{failure['value']:.4f}"
+    missed = "" if failure["by"] is None else f", missed by {failure['by']:.4f}"
+    what = f"{failure['metric']} change" if failure["kind"] == "change" else failure["metric"]
+    return (f"task {failure['task']}, slice {failure['slice']}: {what} {value} fails "
+            f"{failure['bound']}{missed}{' (' + failure['message'] + ')' if failure['message'] else ''}")
+
+
+def slice_gating(evaluation_uri: str) -> dict:
+    """Which slices the bounds applied to, and their sizes (SlicedEvaluator)."""
+    path = os.path.join(evaluation_uri, SLICE_GATING_FILE)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
 def _find_truth_file(log_glob: str) -> Optional[str]:
-    for directory in sorted({os.path.dirname(p) for p in glob.glob(log_glob)}):
+    for directory in sorted({os.path.dirname(p)
+                             for p in glob.glob(spans.any_span_glob(log_glob))}):
         for candidate in (directory, os.path.dirname(directory)):
             path = os.path.join(candidate, TRUTH_FILE)
             if os.path.exists(path):
@@ -132,8 +195,11 @@ def truth_auc(truth_path: str, examples_uri: str, config: config_lib.Config
     files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*"))
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
         feature = tf.train.Example.FromString(record).features.feature
-        row = truth.get((feature[config_lib.REQUEST_ID].bytes_list.value[0].decode(),
-                         feature[config_lib.ITEM_ID].bytes_list.value[0].decode()))
+        ids = [feature[key].bytes_list.value for key in (config_lib.REQUEST_ID, config_lib.ITEM_ID)
+               if key in feature]
+        if len(ids) < 2 or not all(ids):
+            return {}  # the examples do not identify impressions (no item_id feature)
+        row = truth.get((ids[0][0].decode(), ids[1][0].decode()))
         if row is None:
             continue
         for task in config.tasks:
@@ -163,6 +229,7 @@ def collect(metadata_path: str, since_execution_id: int, config: config_lib.Conf
         "feedback_late": None, "feedback_unused_type": None, "duplicates": None,
         "examples": {}, "dead_letters": {}, "tasks": {}, "validation_failures": [],
         "blessed": False, "pushed_version": None, "wall_s": {}, "reused": [],
+        "slices": {},
     }
     for node_id, (execution, _) in nodes.items():
         # A partial run (--only / --from) reuses upstream outputs: those
@@ -189,7 +256,8 @@ def collect(metadata_path: str, since_execution_id: int, config: config_lib.Conf
     evaluation = _first(nodes, "Evaluator", "ModelEvaluation")
     if evaluation is not None:
         summary["tasks"] = task_metrics(evaluation.uri)
-        summary["validation_failures"] = _validation_failures(evaluation.uri)
+        summary["validation_failures"] = validation_failures(evaluation.uri)
+        summary["slices"] = slice_gating(evaluation.uri)
     truth_path = _find_truth_file(log_glob) if config.input.format == "logs" else None
     if truth_path and examples is not None:
         for task, aucs in truth_auc(truth_path, examples.uri, config).items():
@@ -245,7 +313,12 @@ def format_table(summary: dict) -> str:
                  "no_pos: the same without the position effect, which the served model "
                  "does not see" if any("truth_auc" in m for m in summary["tasks"].values()) else "")
     for failure in summary["validation_failures"]:
-        lines.append(f"validation failed: {failure}")
+        lines.append(f"validation failed: {describe_failure(failure)}")
+    if summary.get("slices", {}).get("too_small"):
+        lines.append(f"slices under {summary['slices']['min_slice_size']} eval examples, "
+                     f"reported but not gated: {', '.join(summary['slices']['too_small'])}")
+    for anomaly in summary.get("data_anomalies", []):
+        lines.append(f"data anomaly: {anomaly}")
     lines.append(f"blessed {summary['blessed']}, pushed version {summary['pushed_version']}")
     lines.append("wall s " + ", ".join(f"{k} {v}" for k, v in summary["wall_s"].items()))
     if summary["reused"]:

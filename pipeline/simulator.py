@@ -22,7 +22,7 @@ import gzip
 import json
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -381,8 +381,23 @@ def _impression_features(population: _Population, imps: _Impressions) -> List[Di
     ]
 
 
+def _shuffle_feedback(seed: int, feedback: str, kind: np.ndarray, impression_of: np.ndarray,
+                      ts: np.ndarray, impression_ts: np.ndarray) -> None:
+    """Moves every `feedback` event to a random impression, keeping its delay,
+    so that task's labels keep their rate and lose all signal (a logging bug
+    to test the validation gates with). Its own generator leaves every other
+    draw, and so every other event, as it was."""
+    if feedback not in FEEDBACK_TYPES:
+        raise ValueError(f"shuffle_feedback: {feedback!r} is not one of {list(FEEDBACK_TYPES)}")
+    moved = np.flatnonzero(kind == FEEDBACK_TYPES.index(feedback) + 1)
+    targets = np.random.default_rng([seed, 1]).choice(
+        len(impression_ts), size=len(moved), replace=False)
+    ts[moved] += impression_ts[targets] - impression_ts[impression_of[moved]]
+    impression_of[moved] = targets
+
+
 def simulate(out_dir: str, impressions: int = 20000, days: int = 7, seed: int = 0,
-             start_date: str = "2026-11-01") -> dict:
+             start_date: str = "2026-11-01", shuffle_feedback: Optional[str] = None) -> dict:
     """Writes simulated logs to `out_dir` and returns counts of what was written.
 
     Writes out_dir/events-YYYY-MM-DD.jsonl.gz (one gzip JSON Lines file per
@@ -393,6 +408,8 @@ def simulate(out_dir: str, impressions: int = 20000, days: int = 7, seed: int = 
     days from `start_date`; feedback to the last day's impressions can land in
     one more day's file. Event files already in `out_dir` are replaced, so the
     glob `out_dir/events-*.jsonl.gz` always means one simulation.
+    `shuffle_feedback` names a feedback type whose events go to random
+    impressions: that task's labels become noise (the truth file is unchanged).
 
     Returns {"impressions": N, "events": lines written to event files,
     "feedback": {type: count}, "files": [event file paths, sorted]}.
@@ -405,6 +422,8 @@ def simulate(out_dir: str, impressions: int = 20000, days: int = 7, seed: int = 
     imps = _draw_impressions(rng, population, impressions, days, first_day)
     probs = _probabilities(population, imps)
     kind, impression_of, ts, value = _draw_events(rng, population, imps, probs)
+    if shuffle_feedback is not None:
+        _shuffle_feedback(seed, shuffle_feedback, kind, impression_of, ts, imps.ts)
     day = ts // MS_PER_DAY
     order = np.lexsort((rng.random(len(ts)), day))  # by day, shuffled within it
 

@@ -267,3 +267,33 @@ def test_rejects_empty_simulation(tmp_path):
         simulator.simulate(str(tmp_path), impressions=0)
     with pytest.raises(ValueError):
         simulator.simulate(str(tmp_path), days=0)
+
+
+def test_shuffled_feedback_loses_its_signal_and_keeps_the_rest(logs, tmp_path):
+    _, events, truth = logs
+    shuffled_summary = simulator.simulate(str(tmp_path), impressions=IMPRESSIONS, days=DAYS,
+                                          seed=3, shuffle_feedback="click")
+    shuffled = {os.path.basename(path): _read_jsonl_gz(path) for path in sorted(
+        glob.glob(os.path.join(str(tmp_path), simulator.EVENT_FILE_GLOB)))}
+    original = _all_events(events)
+    moved = _all_events(shuffled)
+
+    def others(all_events):
+        return sorted(json.dumps(e, sort_keys=True) for e in all_events if e["type"] != "click")
+
+    # Every other event is unchanged; clicks keep their number, one per impression.
+    assert others(original) == others(moved)
+    clicks = _feedback_keys({"": moved}, "click")
+    assert len(clicks) == len(set(clicks)) == len(_feedback_keys(events, "click"))
+    assert shuffled_summary["feedback"]["click"] == len(clicks)
+    # Each click follows its (new) impression, and the truth no longer predicts them.
+    impressions = _impressions(events)
+    for event in moved:
+        if event["type"] == "click":
+            impression = impressions[(event["request_id"], event["item_id"])]
+            assert _parse_ts(event["ts"]) > _parse_ts(impression["ts"])
+    clicked = set(clicks)
+    labels = [(row["request_id"], row["item_id"]) in clicked for row in truth]
+    assert abs(roc_auc_score(labels, [row["p_click"] for row in truth]) - 0.5) < 0.05
+    with pytest.raises(ValueError, match="shuffle_feedback: 'view'"):
+        simulator.simulate(str(tmp_path), impressions=50, days=1, shuffle_feedback="view")
