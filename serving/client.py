@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import sys
-from typing import Any, Dict, Iterable, List, Mapping, Optional, TextIO, Tuple, Union
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
 
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -24,7 +27,7 @@ from tensorflow_serving.apis import (
 )
 
 from components import log_contract, log_files
-from serving import model_store
+from serving import model_store, signatures
 from serving.server import GRPC_OPTIONS, SIGNATURE_DEF_FIELD
 
 logger = logging.getLogger(__name__)
@@ -79,7 +82,7 @@ def example_from_json(features: Features) -> tf.train.Example:
     return example
 
 
-def impression_to_example(event: Mapping[str, Any]) -> tf.train.Example:
+def impression_features(event: Mapping[str, Any]) -> Dict[str, Any]:
     """The model input for a contract-v1 impression: its features plus user_id and item_id.
 
     The top-level ids are authoritative over same-named features. Position
@@ -90,7 +93,70 @@ def impression_to_example(event: Mapping[str, Any]) -> tf.train.Example:
     features = dict(event.get("features") or {})
     features["user_id"] = event["user_id"]
     features["item_id"] = event["item_id"]
-    return example_from_json(features)
+    return features
+
+
+def impression_to_example(event: Mapping[str, Any]) -> tf.train.Example:
+    """impression_features as a tf.Example."""
+    return example_from_json(impression_features(event))
+
+
+class DeadlineExceeded(TimeoutError):
+    """A call of the client ran out of its time before the server answered."""
+
+
+_RAW_DEFAULTS = {types_pb2.DT_STRING: b"", types_pb2.DT_INT64: 0, types_pb2.DT_FLOAT: 0.0}
+_RAW_NUMPY = {types_pb2.DT_STRING: object, types_pb2.DT_INT64: np.int64,
+              types_pb2.DT_FLOAT: np.float32}
+
+
+def _raw_value(name: str, value, dtype: int):
+    if dtype == types_pb2.DT_STRING:
+        if not isinstance(value, str):
+            raise ValueError(f"feature '{name}': expected a string, got {value!r}")
+        return value.encode("utf-8")
+    if not _is_number(value):
+        raise ValueError(f"feature '{name}': expected a number, got {value!r}")
+    if dtype == types_pb2.DT_INT64:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"feature '{name}': expected an integer, got {value!r}")
+        return _check_int64(name, int(value))
+    return float(value)
+
+
+def raw_tensors(candidates: Sequence[Features], inputs: Mapping[str, Tuple[int, int]]
+                ) -> Dict[str, Any]:
+    """TensorProtos for predict_raw: `inputs` gives each feature's (dtype, rank).
+
+    The same JSON rules as example_from_json: a missing or null feature takes
+    the default ("" or 0), which is also how lists are padded to one length;
+    int and float convert to the feature's numeric dtype (3.0 for an int64
+    is 3; 3.5 is an error naming the feature).
+    """
+    tensors = {}
+    for name, (dtype, rank) in sorted(inputs.items()):
+        if dtype not in _RAW_DEFAULTS:
+            raise ValueError(f"predict_raw input '{name}' has unsupported dtype {dtype}")
+        default = _RAW_DEFAULTS[dtype]
+        rows = []
+        for candidate in candidates:
+            value = candidate.get(name)
+            values = [] if value is None else value if isinstance(value, list) else [value]
+            converted = [_raw_value(name, v, dtype) for v in values]
+            if rank == 1 and len(converted) > 1:
+                raise ValueError(f"feature '{name}' is a scalar but has {len(converted)} values")
+            rows.append(converted)
+        if rank == 1:
+            array = np.array([row[0] if row else default for row in rows],
+                             dtype=_RAW_NUMPY[dtype])
+        else:
+            width = max((len(row) for row in rows), default=0)
+            array = np.array([row + [default] * (width - len(row)) for row in rows],
+                             dtype=_RAW_NUMPY[dtype]).reshape(len(rows), width)
+        tensors[name] = tf.make_tensor_proto(
+            array, dtype={types_pb2.DT_STRING: tf.string, types_pb2.DT_INT64: tf.int64,
+                          types_pb2.DT_FLOAT: tf.float32}[dtype])
+    return tensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,20 +169,56 @@ class ModelMetadata:
 
     @property
     def tasks(self) -> Tuple[str, ...]:
-        """The tasks scored by serving_default, i.e. its output keys."""
-        return tuple(sorted(self.signature_defs[model_store.SERVING_SIGNATURE].outputs))
+        """The outputs of serving_default other than the fused score."""
+        outputs = set(self.signature_defs[model_store.SERVING_SIGNATURE].outputs)
+        fused = (signatures.FUSED_SCORE_OUTPUT if signatures.FUSED_SCORE_OUTPUT in outputs
+                 else signatures.SCORE_OUTPUT)
+        return tuple(sorted(outputs - {fused}))
+
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class RankingClient:
-    """Scores examples on a server at `target` ("host:port") over an insecure channel."""
+    """Scores candidates on a server at `target` ("host:port"): ours or TF Serving.
 
-    def __init__(self, target: str, model_name: str = "mtrank", timeout_s: float = 10.0):
+    `signature` is serving_default (candidates sent as tf.Examples) or
+    predict_raw (one tensor per feature, for when building Examples is not an
+    option; the features' dtypes come from the server's metadata). Each call
+    of `predict` has a deadline of `timeout_s` in all, however many requests
+    it takes; a request answered UNAVAILABLE or RESOURCE_EXHAUSTED (server
+    restarting, batch queue full) is retried up to `retries` times, after
+    `backoff_s`, doubled each time, with jitter. With `root_certificates`
+    (PEM bytes) the channel uses TLS.
+    """
+
+    def __init__(self, target: str, model_name: str = "mtrank", timeout_s: float = 10.0,
+                 signature: str = model_store.SERVING_SIGNATURE, retries: int = 3,
+                 backoff_s: float = 0.05, root_certificates: Optional[bytes] = None,
+                 version: Optional[int] = None, version_label: Optional[str] = None,
+                 seed: Optional[int] = None):
+        if signature not in (model_store.SERVING_SIGNATURE, signatures.PREDICT_RAW):
+            raise ValueError(f"signature must be {model_store.SERVING_SIGNATURE} or "
+                             f"{signatures.PREDICT_RAW}, got {signature!r}")
+        if retries < 0 or backoff_s < 0 or timeout_s <= 0:
+            raise ValueError("retries and backoff_s must be >= 0, timeout_s > 0")
         self.target = target
         self.model_name = model_name
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
+        self.signature = signature
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.version = version
+        self.version_label = version_label
+        self._random = random.Random(seed)
+        if root_certificates is not None:
+            self._channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(root_certificates), options=GRPC_OPTIONS)
+        else:
+            self._channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._raw_inputs: Optional[Mapping[str, Tuple[int, int]]] = None
 
     def close(self) -> None:
         self._channel.close()
@@ -127,37 +229,89 @@ class RankingClient:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def _model_spec(self, target) -> None:
+        target.name = self.model_name
+        if self.version is not None:
+            target.version.value = self.version
+        elif self.version_label is not None:
+            target.version_label = self.version_label
+
+    def _call(self, method, request, deadline: float):
+        """One RPC within `deadline` (time.monotonic), retried when the server is busy."""
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"no answer from {self.target} within {self.timeout_s} s")
+            try:
+                return method(request, timeout=remaining)
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE or attempt >= self.retries:
+                    raise
+                pause = self.backoff_s * 2 ** attempt * self._random.uniform(0.5, 1.5)
+                attempt += 1
+                logger.info("%s answered %s; retry %d in %.3f s", self.target, e.code().name,
+                            attempt, pause)
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+
     def predict(self, examples: Iterable[Union[Features, tf.train.Example]],
                 batch_size: int = DEFAULT_BATCH_SIZE) -> Dict[str, np.ndarray]:
-        """Scores feature dicts or tf.Examples, `batch_size` per request.
+        """Scores feature dicts (or, with serving_default, tf.Examples),
+        `batch_size` candidates per request.
 
-        Returns one array per task, aligned with `examples`; {} when there
-        are none. gRPC errors propagate as grpc.RpcError.
+        Returns one array per output (the tasks and `score`), aligned with
+        `examples`; {} when there are none. gRPC errors propagate as
+        grpc.RpcError.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        serialized = [
-            (e if isinstance(e, tf.train.Example) else example_from_json(e)).SerializeToString()
-            for e in examples
-        ]
+        candidates = list(examples)
+        deadline = time.monotonic() + self.timeout_s
         parts: Dict[str, List[np.ndarray]] = {}
-        for start in range(0, len(serialized), batch_size):
+        for start in range(0, len(candidates), batch_size):
             request = predict_pb2.PredictRequest()
-            request.model_spec.name = self.model_name
-            request.model_spec.signature_name = model_store.SERVING_SIGNATURE
-            request.inputs[model_store.EXAMPLES_INPUT].CopyFrom(
-                tf.make_tensor_proto(serialized[start:start + batch_size], dtype=tf.string))
-            response = self._predictions.Predict(request, timeout=self.timeout_s)
+            self._model_spec(request.model_spec)
+            request.model_spec.signature_name = self.signature
+            chunk = candidates[start:start + batch_size]
+            if self.signature == signatures.PREDICT_RAW:
+                for name, tensor in self._raw_tensors(chunk, deadline).items():
+                    request.inputs[name].CopyFrom(tensor)
+            else:
+                serialized = [(e if isinstance(e, tf.train.Example) else example_from_json(e)
+                               ).SerializeToString() for e in chunk]
+                request.inputs[model_store.EXAMPLES_INPUT].CopyFrom(
+                    tf.make_tensor_proto(serialized, dtype=tf.string))
+            response = self._call(self._predictions.Predict, request, deadline)
             for task, tensor in response.outputs.items():
                 parts.setdefault(task, []).append(tf.make_ndarray(tensor))
         return {task: np.concatenate(arrays) for task, arrays in parts.items()}
 
-    def metadata(self) -> ModelMetadata:
+    def scores(self, candidates: Iterable[Union[Features, tf.train.Example]],
+               batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """The fused ranking score of each candidate (sort by it, descending)."""
+        outputs = self.predict(candidates, batch_size)
+        # fused_score only exists when a task is named score.
+        key = (signatures.FUSED_SCORE_OUTPUT if signatures.FUSED_SCORE_OUTPUT in outputs
+               else signatures.SCORE_OUTPUT)
+        return outputs.get(key, np.zeros(0, np.float32))
+
+    def _raw_tensors(self, chunk: Sequence[Features], deadline: float) -> Dict[str, Any]:
+        if self._raw_inputs is None:
+            signature = self.metadata(deadline).signature_defs.get(signatures.PREDICT_RAW)
+            if signature is None:
+                raise ValueError(f"model {self.model_name} has no {signatures.PREDICT_RAW} "
+                                 "signature")
+            self._raw_inputs = {name: (info.dtype, len(info.tensor_shape.dim))
+                                for name, info in signature.inputs.items()}
+        return raw_tensors(chunk, self._raw_inputs)
+
+    def metadata(self, deadline: Optional[float] = None) -> ModelMetadata:
         """The served version and its signatures."""
         request = get_model_metadata_pb2.GetModelMetadataRequest()
-        request.model_spec.name = self.model_name
+        self._model_spec(request.model_spec)
         request.metadata_field.append(SIGNATURE_DEF_FIELD)
-        response = self._predictions.GetModelMetadata(request, timeout=self.timeout_s)
+        response = self._call(self._predictions.GetModelMetadata, request,
+                              deadline or time.monotonic() + self.timeout_s)
         signature_def_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_def_map)
         return ModelMetadata(response.model_spec.name, response.model_spec.version.value,
@@ -167,7 +321,8 @@ class RankingClient:
         """State name (e.g. "AVAILABLE") of each version the server reports."""
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.model_name
-        response = self._models.GetModelStatus(request, timeout=self.timeout_s)
+        response = self._call(self._models.GetModelStatus, request,
+                              time.monotonic() + self.timeout_s)
         return {
             status.version: get_model_status_pb2.ModelVersionStatus.State.Name(status.state)
             for status in response.model_version_status
@@ -198,11 +353,13 @@ def read_impressions(logs_path: str, limit: Optional[int] = None) -> List[Dict[s
 
 def predict_logs(target: str, logs_path: str, limit: Optional[int] = None,
                  model_name: str = "mtrank", batch_size: int = DEFAULT_BATCH_SIZE,
-                 timeout_s: float = 10.0) -> List[Row]:
-    """Scores the first `limit` impressions of a log: rows of (request_id, item_id, scores)."""
+                 **client_options) -> List[Row]:
+    """Scores the first `limit` impressions of a log: rows of (request_id,
+    item_id, {output: value}). `client_options` go to RankingClient
+    (timeout_s, signature, retries, root_certificates, ...)."""
     impressions = read_impressions(logs_path, limit)
-    with RankingClient(target, model_name, timeout_s) as client:
-        scores = client.predict((impression_to_example(e) for e in impressions), batch_size)
+    with RankingClient(target, model_name, **client_options) as client:
+        scores = client.predict([impression_features(e) for e in impressions], batch_size)
     return [
         (event["request_id"], event["item_id"],
          {task: float(scores[task][i]) for task in sorted(scores)})
@@ -211,7 +368,7 @@ def predict_logs(target: str, logs_path: str, limit: Optional[int] = None,
 
 
 def format_predictions(rows: List[Row]) -> str:
-    """A plain-text table: request_id, item_id, then one column per task."""
+    """A plain-text table: request_id, item_id, then one column per output."""
     tasks = sorted({task for _, _, scores in rows for task in scores})
     table = [["request_id", "item_id", *tasks]] + [
         [request_id, item_id, *(f"{scores[t]:.4f}" if t in scores else "-" for t in tasks)]
@@ -225,10 +382,12 @@ def format_predictions(rows: List[Row]) -> str:
 
 
 def print_predictions(target: str, logs_path: str, limit: Optional[int] = None,
-                      model_name: str = "mtrank", out: Optional[TextIO] = None) -> int:
-    """`mtrank predict`: prints a table of per-task scores; returns the number of rows."""
+                      model_name: str = "mtrank", out: Optional[TextIO] = None,
+                      batch_size: int = DEFAULT_BATCH_SIZE, **client_options) -> int:
+    """`mtrank predict`: prints a table of scores per output; returns the number of rows."""
     out = out or sys.stdout
-    rows = predict_logs(target, logs_path, limit=limit, model_name=model_name)
+    rows = predict_logs(target, logs_path, limit=limit, model_name=model_name,
+                        batch_size=batch_size, **client_options)
     if rows:
         print(format_predictions(rows), file=out)
     else:

@@ -13,11 +13,15 @@ import dataclasses
 import json
 import math
 import os
-from typing import Callable, Dict, Mapping, Tuple
+import warnings
+from typing import Callable, Dict, Mapping, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
+from tensorflow.core.example import example_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import input_pb2
 
 SERVING_SIGNATURE = "serving_default"
 EXAMPLES_INPUT = "examples"
@@ -26,6 +30,11 @@ SPEC_PATH = os.path.join("assets.extra", "mtrank_serving_spec.json")
 DTYPES = ("string", "int64", "float")
 SHAPES = ("scalar", "list")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+# The C++ protobuf parser warns when it stops early; the callers check for that
+# themselves and answer the client, so the warning would only flood the log.
+warnings.filterwarnings("ignore", message="Unexpected end-group tag", category=RuntimeWarning)
 
 
 class ExampleError(ValueError):
@@ -85,7 +94,7 @@ class ServingSpec:
         read are dropped; a scalar without values is dropped too, so the
         model's default applies as it does for a missing one.
         """
-        example = tf.train.Example()
+        example = example_pb2.Example()
         try:
             consumed = example.ParseFromString(serialized)
         except DecodeError as e:
@@ -96,7 +105,9 @@ class ServingSpec:
             raise ExampleError(
                 f"not a serialized tf.Example: parsing stopped at byte {consumed} "
                 f"of {len(serialized)}")
-        conformed = tf.train.Example()
+        if self._fits(example):
+            return serialized
+        conformed = example_pb2.Example()
         for name, spec in self.features.items():
             if name not in example.features.feature:
                 continue
@@ -121,6 +132,83 @@ class ServingSpec:
             else:
                 target.int64_list.value.extend(_to_int64(name, v) for v in values)
         return conformed.SerializeToString()
+
+
+    def _fits(self, example: example_pb2.Example) -> bool:
+        """True when the Example is already what conform would make of it
+        (the common case, checked without re-serializing)."""
+        for name, feature in example.features.feature.items():
+            spec = self.features.get(name)
+            kind = feature.WhichOneof("kind")
+            if spec is None or kind != _KINDS[spec.dtype]:
+                return False
+            count = len(getattr(feature, kind).value)
+            if count == 0 or (spec.shape == "scalar" and count != 1):
+                return False
+        return True
+
+
+_KINDS = {"string": "bytes_list", "int64": "int64_list", "float": "float_list"}
+
+
+class BatchCheck:
+    """Whether a whole batch of serialized Examples can go to the model as it
+    is, decided with two calls instead of one Python parse per Example.
+
+    True only when ServingSpec.conform would accept every Example without a
+    change the model could see: each parses strictly (as one ExampleList
+    message, with the same C++ parser), TensorFlow parses the batch with the
+    declared dtypes (so no feature has the other numeric kind or the wrong
+    kind), and no scalar has several values. Otherwise the caller conforms
+    each Example, which converts or names what is wrong. Features the model
+    does not read stay in the bytes; the model ignores them as conform would
+    drop them.
+    """
+
+    def __init__(self, spec: ServingSpec):
+        parse_spec = {name: tf.io.VarLenFeature(_TF_DTYPES[feature.dtype])
+                      for name, feature in spec.features.items()}
+        scalars = [name for name, feature in spec.features.items() if feature.shape == "scalar"]
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def fits(serialized):
+            parsed = tf.io.parse_example(serialized, parse_spec)
+            size = tf.shape(serialized)[0]
+            single = [tf.reduce_all(tf.math.bincount(
+                tf.cast(parsed[name].indices[:, 0], tf.int32), minlength=size,
+                maxlength=size) <= 1) for name in scalars]
+            return tf.reduce_all(tf.stack(single)) if single else tf.constant(True)
+
+        self._fits = fits
+        fits(tf.constant([b""]))  # traced now, not on the first large request
+
+    def __call__(self, serialized: Sequence[bytes]) -> bool:
+        wire = b"".join(_EXAMPLE_LIST_TAG + _varint(len(x)) + x for x in serialized)
+        try:
+            if input_pb2.ExampleList().ParseFromString(wire) != len(wire):
+                return False
+        except DecodeError:
+            return False
+        try:
+            return bool(self._fits(tf.constant(list(serialized), dtype=tf.string)))
+        except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
+            # TensorFlow quotes the bad bytes in its message, which need not be UTF-8.
+            return False
+
+
+_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
+_EXAMPLE_LIST_TAG = b"\x0a"  # ExampleList.examples: field 1, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
 
 
 def _to_int64(name: str, value) -> int:
@@ -158,28 +246,29 @@ class LoadedModel:
     """One loaded version: what the server needs to answer every request.
 
     `root` is the object tf.saved_model.load returned; it is kept because the
-    signature function needs the variables it owns to stay alive.
+    signature functions need the variables it owns to stay alive.
     """
 
+    name: str
     version: int
     path: str
     spec: ServingSpec
     signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
     root: object
-    predict_fn: Callable[..., Dict[str, tf.Tensor]]
+    functions: Mapping[str, Callable[..., Dict[str, tf.Tensor]]]
+    batch_check: BatchCheck
 
-    def predict(self, serialized_examples) -> Dict[str, tf.Tensor]:
-        """Runs serving_default on already conformed serialized Examples."""
-        examples = tf.constant(list(serialized_examples), dtype=tf.string)
-        return self.predict_fn(**{EXAMPLES_INPUT: examples})
+    def run(self, signature: str, inputs: Mapping[str, np.ndarray],
+            output_keys: Sequence[str]) -> Dict[str, np.ndarray]:
+        """Runs a signature on already checked inputs; the outputs as arrays."""
+        outputs = self.functions[signature](
+            **{key: tf.constant(value) for key, value in inputs.items()})
+        return {key: outputs[key].numpy() for key in output_keys}
 
 
-def load_latest(model_base: str) -> LoadedModel:
-    """Loads the highest version under `model_base`, as TF Serving's latest policy does."""
-    versions = list_versions(model_base)
-    if not versions:
-        raise FileNotFoundError(f"no model versions (<int>/saved_model.pb) under {model_base!r}")
-    version = versions[-1]
+def load_version(name: str, model_base: str, version: int) -> LoadedModel:
+    """Loads `model_base/<version>`; raises (OSError, ValueError, tf errors) when
+    it is not a complete mtrank SavedModel."""
     path = os.path.join(model_base, str(version))
     with open(os.path.join(path, SPEC_PATH), encoding="utf-8") as f:
         spec = ServingSpec.from_json(json.load(f))
@@ -190,7 +279,24 @@ def load_latest(model_base: str) -> LoadedModel:
             f"{path}: signature '{SERVING_SIGNATURE}' with input '{EXAMPLES_INPUT}' is required"
         )
     root = tf.saved_model.load(path)
+    signature_defs = {key: value for key, value in signature_defs.items()
+                      if key in root.signatures}
     return LoadedModel(
-        version=version, path=path, spec=spec, signature_defs=signature_defs,
-        root=root, predict_fn=root.signatures[SERVING_SIGNATURE],
+        name=name, version=version, path=path, spec=spec, signature_defs=signature_defs,
+        root=root, functions=dict(root.signatures), batch_check=BatchCheck(spec),
     )
+
+
+def version_fingerprint(version_dir: str) -> Tuple[Tuple[str, int, int], ...]:
+    """(relative path, size, mtime) of every file: it changes while a version
+    is still being written."""
+    entries = []
+    for directory, _, files in os.walk(version_dir):
+        for file_name in files:
+            full = os.path.join(directory, file_name)
+            try:
+                stat = os.stat(full)
+            except FileNotFoundError:  # removed while walking: still changing
+                continue
+            entries.append((os.path.relpath(full, version_dir), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))

@@ -1,45 +1,59 @@
-"""A gRPC server that speaks the TensorFlow Serving API for one mtrank model.
+"""A gRPC server that speaks the TensorFlow Serving API for mtrank models.
 
-It serves the same model base directory as the official `tensorflow/serving`
-image, through the same stock services, so one client works with both:
+It serves the same model directories and reads the same configuration files
+as the official `tensorflow/serving` image, through the same stock services,
+so one client works with both:
 
-  tensorflow.serving.PredictionService: Predict, GetModelMetadata
-  tensorflow.serving.ModelService:      GetModelStatus
+  tensorflow.serving.PredictionService: Predict, Classify, Regress,
+                                        MultiInference, GetModelMetadata
+  tensorflow.serving.ModelService:      GetModelStatus, HandleReloadConfigRequest
   grpc.health.v1.Health:                Check, Watch
 
-Unlike TF Serving it checks every Example against the model's serving spec
-first, converting numbers to the declared dtype and naming the feature in the
-error when a value cannot be used. The newest version present at start-up is
-loaded; restart the server to pick up a newer one.
+Models come from a ModelServerConfig (several models, version policies,
+labels; serving/model_manager.py keeps them loaded, polling for new
+versions). With batching parameters, concurrent requests are merged into one
+model call (serving/batching.py). Unlike TF Serving it checks every Example
+against the model's serving spec first, converting numbers to the declared
+dtype and naming the feature when a value cannot be used, and it answers any
+malformed request with INVALID_ARGUMENT (NOT_FOUND for an unknown model or
+version) without running the model.
 """
 from __future__ import annotations
 
 import concurrent.futures
-import functools
+import dataclasses
 import logging
 import signal
 import threading
-from typing import Tuple
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import grpc
+import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
-    model_service_pb2_grpc,
+    inference_pb2,
+    model_management_pb2,
     predict_pb2,
-    prediction_service_pb2_grpc,
+    regression_pb2,
 )
+from tensorflow_serving.config import model_server_config_pb2
 
-from serving import model_store
+from serving import batching, metrics as metrics_lib, model_manager, model_store, server_config
+from serving import signatures, tensors
+from serving.errors import RequestError, invalid
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8500
-DEFAULT_MAX_WORKERS = 8
+DEFAULT_MAX_WORKERS = 64
+DEFAULT_POLL_S = 1.0
 SIGNATURE_DEF_FIELD = "signature_def"
 # A batch of serialized Examples easily exceeds gRPC's 4 MiB default, and TF
 # Serving accepts far larger requests, so both ends raise the limit.
@@ -48,213 +62,466 @@ GRPC_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
-# gRPC sets SO_REUSEPORT by default, so a second server on a busy port would
-# bind silently and share its traffic; fail loudly instead.
-_SERVER_OPTIONS = GRPC_OPTIONS + (("grpc.so_reuseport", 0),)
-_SERVICE_NAMES = (
-    "tensorflow.serving.PredictionService",
-    "tensorflow.serving.ModelService",
-)
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+_UNKNOWN_LABEL = "<unknown>"
+_NO_DEADLINE_S = 365 * 24 * 3600.0
 
 
-class RequestError(Exception):
-    """A request the server refuses; becomes the gRPC status `code` with `message`."""
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """How the server runs (the model config says what it serves).
 
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def _dtype_name(dtype: int) -> str:
-    try:
-        return types_pb2.DataType.Name(dtype)
-    except ValueError:
-        return f"DataType({dtype})"
-
-
-def _rpc(method):
-    """Turns RequestError into its status and anything else into INTERNAL, logging both."""
-
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except RequestError as e:
-            logger.warning("%s from %s rejected (%s): %s",
-                           method.__name__, context.peer(), e.code.name, e.message)
-            code, message = e.code, e.message
-        except Exception:  # the server must keep serving whatever one request does
-            logger.exception("%s from %s failed", method.__name__, context.peer())
-            code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
-        context.abort(code, message)
-
-    return wrapper
-
-
-class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
-                  model_service_pb2_grpc.ModelServiceServicer):
-    """Serves the newest version under `model_base` as model `model_name`.
-
-    Classify, Regress, MultiInference and HandleReloadConfigRequest keep the
-    stock UNIMPLEMENTED answers: mtrank clients only use Predict.
+    max_request_bytes: larger requests get INVALID_ARGUMENT; gRPC itself
+      refuses messages over twice this with RESOURCE_EXHAUSTED.
+    max_values_per_input: the largest tensor (in values) a request may send.
+    max_concurrent_rpcs: beyond it gRPC answers RESOURCE_EXHAUSTED at once.
+    batching: None serves each request with its own model call.
+    tls_cert / tls_key: PEM files; both set serves TLS only.
+    metrics_port: serve Prometheus metrics over HTTP on this port (0: any free).
     """
 
-    def __init__(self, model_base: str, model_name: str = "mtrank"):
-        self.model_base = model_base
-        self.model_name = model_name
-        self.model = model_store.load_latest(model_base)
-        if self.model.spec.model_name != model_name:
-            logger.warning("serving %s as %r, but its spec names it %r",
-                           self.model.path, model_name, self.model.spec.model_name)
-        self._signature_def_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature_def in self.model.signature_defs.items():
-            self._signature_def_map.signature_def[key].CopyFrom(signature_def)
-        self._outputs = frozenset(
-            self.model.signature_defs[model_store.SERVING_SIGNATURE].outputs
-        )
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_workers: int = DEFAULT_MAX_WORKERS
+    poll_interval_s: float = DEFAULT_POLL_S
+    max_request_bytes: int = MAX_MESSAGE_BYTES
+    max_values_per_input: int = 10_000_000
+    max_concurrent_rpcs: int = 1024
+    batching: Optional[server_config.BatchingParameters] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    metrics_port: Optional[int] = None
+    grace_s: float = 10.0
 
-    @property
-    def version(self) -> int:
-        return self.model.version
-
-    def _check_model_spec(self, model_spec) -> None:
-        if model_spec.name != self.model_name:
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"model '{model_spec.name}' is not served; "
-                               f"this server serves '{self.model_name}'")
-        if model_spec.HasField("version") and model_spec.version.value != self.version:
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"version {model_spec.version.value} of model '{self.model_name}' "
-                               f"is not loaded; version {self.version} is")
-        if model_spec.version_label:
-            raise _invalid("version labels are not supported; request a version number")
-
-    def _echo_model_spec(self, target) -> None:
-        target.name = self.model_name
-        target.version.value = self.version
-
-    def _read_examples(self, request) -> list:
-        unknown = sorted(set(request.inputs) - {model_store.EXAMPLES_INPUT})
-        if unknown:
-            raise _invalid(f"unknown input keys {unknown}; the only input is "
-                           f"'{model_store.EXAMPLES_INPUT}'")
-        if model_store.EXAMPLES_INPUT not in request.inputs:
-            raise _invalid(f"input '{model_store.EXAMPLES_INPUT}' is missing")
-        tensor = request.inputs[model_store.EXAMPLES_INPUT]
-        if tensor.dtype != types_pb2.DT_STRING:
-            raise _invalid(f"input '{model_store.EXAMPLES_INPUT}' must be DT_STRING "
-                           f"(serialized tf.Example), got {_dtype_name(tensor.dtype)}")
-        try:
-            serialized = tf.make_ndarray(tensor)
-        except (ValueError, TypeError) as e:
-            raise _invalid(f"input '{model_store.EXAMPLES_INPUT}' is not a valid tensor: {e}")
-        if serialized.ndim != 1:
-            raise _invalid(f"input '{model_store.EXAMPLES_INPUT}' must have shape [batch], "
-                           f"got {list(serialized.shape)}")
-        conformed = []
-        for i, example in enumerate(serialized):
-            try:
-                conformed.append(self.model.spec.conform(example))
-            except model_store.ExampleError as e:
-                raise _invalid(f"examples[{i}]: {e}")
-        return conformed
-
-    @_rpc
-    def Predict(self, request, context):
-        """Scores a batch of serialized tf.Examples: one float tensor per task."""
-        self._check_model_spec(request.model_spec)
-        signature = request.model_spec.signature_name or model_store.SERVING_SIGNATURE
-        if signature != model_store.SERVING_SIGNATURE:
-            raise _invalid(f"signature '{signature}' is not served; use "
-                           f"'{model_store.SERVING_SIGNATURE}'")
-        wanted = set(request.output_filter) or self._outputs
-        if wanted - self._outputs:
-            raise _invalid(f"output_filter names unknown outputs {sorted(wanted - self._outputs)}")
-        examples = self._read_examples(request)
-        try:
-            outputs = self.model.predict(examples)
-        except tf.errors.InvalidArgumentError as e:
-            raise _invalid(f"the model rejected the examples: {e.message}")
-        response = predict_pb2.PredictResponse()
-        self._echo_model_spec(response.model_spec)
-        response.model_spec.signature_name = signature
-        for key in sorted(wanted):
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
-        return response
-
-    @_rpc
-    def GetModelMetadata(self, request, context):
-        """The loaded version's SignatureDefMap, packed as TF Serving packs it."""
-        self._check_model_spec(request.model_spec)
-        fields = set(request.metadata_field)
-        if fields != {SIGNATURE_DEF_FIELD}:
-            raise _invalid(f"metadata_field must be ['{SIGNATURE_DEF_FIELD}'], "
-                           f"got {sorted(fields)}")
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        self._echo_model_spec(response.model_spec)
-        response.metadata[SIGNATURE_DEF_FIELD].Pack(self._signature_def_map)
-        return response
-
-    @_rpc
-    def GetModelStatus(self, request, context):
-        """The loaded version, AVAILABLE with status OK."""
-        self._check_model_spec(request.model_spec)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        response.model_version_status.add(
-            version=self.version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
-        )
-        return response
+    def __post_init__(self):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
 
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _start(model_base: str, model_name: str, host: str, port: int, max_workers: int
-           ) -> Tuple[grpc.Server, int, ModelServer, health.HealthServicer]:
-    model_server = ModelServer(model_base, model_name)
-    server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(max_workers=max_workers,
-                                              thread_name_prefix="mtrank-serving"),
-        options=_SERVER_OPTIONS,
-    )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(model_server, server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_server, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("",) + _SERVICE_NAMES:
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    address = _address(host, port)
+def _examples_from_input(input_proto) -> np.ndarray:
+    """The serialized Examples of a Classify / Regress `Input`."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        examples = list(input_proto.example_list.examples)
+    elif kind == "example_list_with_context":
+        context = input_proto.example_list_with_context.context
+        examples = []
+        for example in input_proto.example_list_with_context.examples:
+            merged = type(example)()
+            merged.CopyFrom(context)
+            merged.MergeFrom(example)  # the example's own features win
+            examples.append(merged)
+    else:
+        raise invalid("input: set example_list or example_list_with_context")
+    if not examples:
+        raise invalid("input: no examples")
+    array = np.empty(len(examples), dtype=object)
+    for i, example in enumerate(examples):
+        array[i] = example.SerializeToString()
+    return array
+
+
+class ModelServer:
+    """Answers the TF Serving API for the models of a ModelServerConfig."""
+
+    def __init__(self, config: model_server_config_pb2.ModelServerConfig,
+                 options: ServerOptions = ServerOptions()):
+        self.options = options
+        self.metrics = metrics_lib.ServerMetrics()
+        self.batcher = (batching.Batcher(options.batching, self.metrics.record_batch)
+                        if options.batching else None)
+        try:
+            self.manager = model_manager.ModelManager(config, self.warm_up, self._model_changed)
+        except BaseException:
+            if self.batcher is not None:
+                self.batcher.stop()
+            raise
+
+    def _model_changed(self, model: str, available: int, failed: bool) -> None:
+        self.metrics.versions_loaded.labels(model).set(available)
+        if failed:
+            self.metrics.load_failures.labels(model).inc()
+
+    # Running signatures.
+
+    def _execute(self, loaded: model_store.LoadedModel, signature: str, inputs, size: int,
+                 output_keys: Sequence[str], deadline: Optional[float]) -> Dict[str, np.ndarray]:
+        def run(merged):
+            try:
+                return loaded.run(signature, merged, output_keys)
+            except tf.errors.InvalidArgumentError as e:
+                raise invalid(f"the model rejected the input: {e.message}") from None
+
+        if self.batcher is None or size == 0 or deadline == 0:
+            outputs = run(inputs)
+            self.metrics.record_batch(1, size)
+            return outputs
+        key = batching.batch_key(id(loaded), signature, output_keys, inputs)
+        future = self.batcher.submit(key, run, inputs, size)
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               "the deadline passed while the request waited for its batch"
+                               ) from None
+
+    def _signature(self, loaded: model_store.LoadedModel, name: str, method: Optional[str]):
+        signature = loaded.signature_defs.get(name)
+        if signature is None:
+            raise invalid(f"signature '{name}' not found in model '{loaded.name}' version "
+                          f"{loaded.version}; signatures: {sorted(loaded.signature_defs)}")
+        if method is not None and signature.method_name != method:
+            raise invalid(f"signature '{name}' is a {signature.method_name or 'predict'} "
+                          f"signature, not {method}")
+        return signature
+
+    # PredictionService.
+
+    def predict(self, request: predict_pb2.PredictRequest,
+                deadline: Optional[float] = None, loaded=None) -> predict_pb2.PredictResponse:
+        """Any signature, on named input tensors; `output_filter` selects outputs."""
+        loaded = loaded or self.manager.resolve(request.model_spec)
+        name = request.model_spec.signature_name or signatures.SERVING_DEFAULT
+        signature = self._signature(loaded, name, None)
+        wanted = list(request.output_filter) or sorted(signature.outputs)
+        unknown = sorted(set(wanted) - set(signature.outputs))
+        if unknown:
+            raise invalid(f"output_filter names unknown outputs {unknown}; outputs of "
+                          f"'{name}': {sorted(signature.outputs)}")
+        inputs, size = tensors.decode_inputs(name, signature, request.inputs, loaded.spec,
+                                             self.options.max_values_per_input,
+                                             loaded.batch_check)
+        outputs = self._execute(loaded, name, inputs, size, sorted(set(wanted)), deadline)
+        response = predict_pb2.PredictResponse()
+        self._echo(response.model_spec, loaded, name)
+        for key in sorted(set(wanted)):
+            tensors.to_tensor_proto(outputs[key], response.outputs[key])
+        return response
+
+    def _examples_signature(self, loaded, request, method: str):
+        name = request.model_spec.signature_name or signatures.SERVING_DEFAULT
+        signature = self._signature(loaded, name, method)
+        (input_key,) = signature.inputs
+        examples = tensors.conform_examples(input_key, _examples_from_input(request.input),
+                                            loaded.spec, loaded.batch_check)
+        if examples.size > self.options.max_values_per_input:
+            raise invalid(f"input: {examples.size} examples is more than the limit of "
+                          f"{self.options.max_values_per_input}")
+        return name, signature, {input_key: examples}, examples.size
+
+    def classify(self, request: classification_pb2.ClassificationRequest,
+                 deadline: Optional[float] = None, loaded=None):
+        """A classification signature (mtrank's `classify`): one class per binary task,
+        scored by its probability."""
+        loaded = loaded or self.manager.resolve(request.model_spec)
+        name, signature, inputs, size = self._examples_signature(
+            loaded, request, signatures.CLASSIFY_METHOD)
+        keys = sorted(k for k in signature.outputs
+                      if k in (signatures.CLASSIFY_CLASSES, signatures.CLASSIFY_SCORES))
+        outputs = self._execute(loaded, name, inputs, size, keys, deadline)
+        response = classification_pb2.ClassificationResponse()
+        self._echo(response.model_spec, loaded, name)
+        classes = outputs.get(signatures.CLASSIFY_CLASSES)
+        scores = outputs.get(signatures.CLASSIFY_SCORES)
+        for i in range(size):
+            row = response.result.classifications.add()
+            width = (classes if classes is not None else scores).shape[1]
+            for j in range(width):
+                entry = row.classes.add()
+                if classes is not None:
+                    entry.label = classes[i, j].decode()
+                if scores is not None:
+                    entry.score = float(scores[i, j])
+        return response
+
+    def regress(self, request: regression_pb2.RegressionRequest,
+                deadline: Optional[float] = None, loaded=None):
+        """A regression signature (mtrank's `regress`: the fused score)."""
+        loaded = loaded or self.manager.resolve(request.model_spec)
+        name, signature, inputs, size = self._examples_signature(
+            loaded, request, signatures.REGRESS_METHOD)
+        (output_key,) = signature.outputs
+        outputs = self._execute(loaded, name, inputs, size, [output_key], deadline)
+        response = regression_pb2.RegressionResponse()
+        self._echo(response.model_spec, loaded, name)
+        for value in outputs[output_key].reshape(size, -1)[:, 0]:
+            response.result.regressions.add(value=float(value))
+        return response
+
+    def multi_inference(self, request: inference_pb2.MultiInferenceRequest,
+                        deadline: Optional[float] = None, loaded=None):
+        """Several classify / regress tasks of one model version on one input."""
+        if not request.tasks:
+            raise invalid("tasks: at least one task is needed")
+        first = request.tasks[0].model_spec
+        loaded = loaded or self.manager.resolve(first)
+        response = inference_pb2.MultiInferenceResponse()
+        seen = set()
+        for i, task in enumerate(request.tasks):
+            spec = task.model_spec
+            if spec.name != first.name or spec.WhichOneof("version_choice") != first.WhichOneof(
+                    "version_choice") or (spec.version.value, spec.version_label) != (
+                    first.version.value, first.version_label):
+                raise invalid(f"tasks[{i}]: every task must name the same model and version")
+            if spec.signature_name in seen:
+                raise invalid(f"tasks[{i}]: signature '{spec.signature_name}' is used twice")
+            seen.add(spec.signature_name)
+            if task.method_name == signatures.CLASSIFY_METHOD:
+                sub = classification_pb2.ClassificationRequest(model_spec=spec, input=request.input)
+                result = response.results.add()
+                answer = self.classify(sub, deadline, loaded)
+                result.classification_result.CopyFrom(answer.result)
+            elif task.method_name == signatures.REGRESS_METHOD:
+                sub = regression_pb2.RegressionRequest(model_spec=spec, input=request.input)
+                result = response.results.add()
+                answer = self.regress(sub, deadline, loaded)
+                result.regression_result.CopyFrom(answer.result)
+            else:
+                raise invalid(f"tasks[{i}].method_name: must be {signatures.CLASSIFY_METHOD} or "
+                              f"{signatures.REGRESS_METHOD}, got {task.method_name!r}")
+            result.model_spec.CopyFrom(answer.model_spec)
+        return response
+
+    def get_model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                           deadline: Optional[float] = None):
+        """The version's SignatureDefMap, packed as TF Serving packs it."""
+        loaded = self.manager.resolve(request.model_spec)
+        fields = set(request.metadata_field)
+        if fields != {SIGNATURE_DEF_FIELD}:
+            raise invalid(f"metadata_field must be ['{SIGNATURE_DEF_FIELD}'], "
+                          f"got {sorted(fields)}")
+        signature_def_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature_def in loaded.signature_defs.items():
+            signature_def_map.signature_def[key].CopyFrom(signature_def)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        self._echo(response.model_spec, loaded, "")
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map)
+        return response
+
+    # ModelService.
+
+    def get_model_status(self, request: get_model_status_pb2.GetModelStatusRequest,
+                         deadline: Optional[float] = None):
+        response = get_model_status_pb2.GetModelStatusResponse()
+        response.model_version_status.extend(self.manager.status(request.model_spec))
+        return response
+
+    def reload_config(self, request: model_management_pb2.ReloadConfigRequest,
+                      deadline: Optional[float] = None):
+        try:
+            self.manager.reload(request.config)
+        except (server_config.ServerConfigError, FileNotFoundError) as e:
+            raise invalid(str(e)) from None
+        return model_management_pb2.ReloadConfigResponse()
+
+    @staticmethod
+    def _echo(target, loaded: model_store.LoadedModel, signature: str) -> None:
+        target.name = loaded.name
+        target.version.value = loaded.version
+        if signature:
+            target.signature_name = signature
+
+    def warm_up(self, loaded: model_store.LoadedModel) -> None:
+        """Replays the version's warmup requests on it (not batched), as TF
+        Serving does before a version takes traffic; a failure fails the load."""
+        handlers = {"predict_log": self.predict, "classify_log": self.classify,
+                    "regress_log": self.regress, "multi_inference_log": self.multi_inference}
+        for record in signatures.read_warmup_logs(loaded.path):
+            kind = record.WhichOneof("log_type")
+            if kind not in handlers:
+                raise ValueError(f"{loaded.path}: warmup record of unsupported type {kind}")
+            handlers[kind](getattr(record, kind).request, 0, loaded)
+
+    def served_model_label(self, name: str) -> str:
+        return name if self.manager.serves(name) else _UNKNOWN_LABEL
+
+    def stop(self) -> None:
+        self.manager.stop()
+        if self.batcher is not None:
+            self.batcher.stop()
+
+
+_PREDICTION_METHODS = {
+    "Predict": (predict_pb2.PredictRequest, ModelServer.predict),
+    "Classify": (classification_pb2.ClassificationRequest, ModelServer.classify),
+    "Regress": (regression_pb2.RegressionRequest, ModelServer.regress),
+    "MultiInference": (inference_pb2.MultiInferenceRequest, ModelServer.multi_inference),
+    "GetModelMetadata": (get_model_metadata_pb2.GetModelMetadataRequest,
+                         ModelServer.get_model_metadata),
+}
+_MODEL_METHODS = {
+    "GetModelStatus": (get_model_status_pb2.GetModelStatusRequest, ModelServer.get_model_status),
+    "HandleReloadConfigRequest": (model_management_pb2.ReloadConfigRequest,
+                                  ModelServer.reload_config),
+}
+
+
+_SIGNATURE_METHODS = frozenset({"Predict", "Classify", "Regress", "MultiInference"})
+_KNOWN_SIGNATURES = frozenset({signatures.SERVING_DEFAULT, signatures.PREDICT_RAW,
+                               signatures.REGRESS, signatures.CLASSIFY,
+                               signatures.TRANSFORM_FEATURES})
+
+
+def _labels(model_server: ModelServer, method_name: str, request) -> Tuple[str, str]:
+    """(model, signature) metric labels; unknown model names share one label,
+    so that clients cannot grow the metrics without bound."""
+    spec = request.tasks[0].model_spec if isinstance(
+        request, inference_pb2.MultiInferenceRequest) and request.tasks else getattr(
+        request, "model_spec", None)
+    if spec is None:
+        return "", ""
+    signature = ""
+    if method_name in _SIGNATURE_METHODS:
+        signature = spec.signature_name or signatures.SERVING_DEFAULT
+        if signature not in _KNOWN_SIGNATURES:
+            signature = _UNKNOWN_LABEL
+    return model_server.served_model_label(spec.name), signature
+
+
+def _handler(model_server: ModelServer, method_name: str, request_class, method: Callable):
+    """A unary handler taking the raw request bytes, so that undecodable and
+    oversized requests get INVALID_ARGUMENT rather than gRPC's INTERNAL."""
+    metrics = model_server.metrics
+    limit = model_server.options.max_request_bytes
+
+    def handle(request_bytes: bytes, context: grpc.ServicerContext):
+        start = time.perf_counter()
+        metrics.in_flight.inc()
+        model_label, signature_label = "", ""
+        code, message, response = grpc.StatusCode.OK, "", None
+        try:
+            if len(request_bytes) > limit:
+                raise invalid(f"the request has {len(request_bytes)} bytes, more than the limit "
+                              f"of {limit}")
+            request = request_class()
+            try:
+                consumed = request.ParseFromString(request_bytes)
+            except DecodeError as e:
+                raise invalid(f"not a {request_class.DESCRIPTOR.full_name}: {e}") from None
+            if consumed != len(request_bytes):  # stopped early at a stray end-group tag
+                raise invalid(f"not a {request_class.DESCRIPTOR.full_name}: parsing stopped at "
+                              f"byte {consumed} of {len(request_bytes)}")
+            model_label, signature_label = _labels(model_server, method_name, request)
+            remaining = context.time_remaining()
+            # Without a deadline gRPC reports centuries remaining.
+            deadline = (None if remaining is None or remaining > _NO_DEADLINE_S
+                        else time.monotonic() + remaining)
+            response = method(model_server, request, deadline)
+        except RequestError as e:
+            code, message = e.code, e.message
+            logger.warning("%s from %s rejected (%s): %s", method_name, context.peer(),
+                           code.name, message)
+        except Exception:  # the server must keep serving whatever one request does
+            logger.exception("%s from %s failed", method_name, context.peer())
+            code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+        finally:
+            metrics.in_flight.dec()
+            metrics.requests.labels(model_label, signature_label, method_name, code.name).inc()
+            metrics.latency.labels(model_label, signature_label, method_name).observe(
+                time.perf_counter() - start)
+        if code != grpc.StatusCode.OK:
+            context.abort(code, message)
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=None,
+        response_serializer=lambda message: message.SerializeToString())
+
+
+def _generic_handlers(model_server: ModelServer) -> List[grpc.GenericRpcHandler]:
+    return [
+        grpc.method_handlers_generic_handler(service, {
+            name: _handler(model_server, name, request_class, method)
+            for name, (request_class, method) in methods.items()})
+        for service, methods in ((PREDICTION_SERVICE, _PREDICTION_METHODS),
+                                 (MODEL_SERVICE, _MODEL_METHODS))]
+
+
+@dataclasses.dataclass
+class RunningServer:
+    """A started server: `port` it listens on, `stop()` to drain and end it."""
+
+    grpc_server: grpc.Server
+    port: int
+    model_server: ModelServer
+    health: health.HealthServicer
+    metrics_port: Optional[int]
+
+    def stop(self, grace_s: Optional[float] = None) -> None:
+        """Reports NOT_SERVING, lets requests in flight finish within `grace_s`
+        (new ones are refused), then stops batching, polling and metrics."""
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace_s).wait()
+        self.model_server.stop()
+        self.model_server.metrics.stop_http()
+
+
+def start(config: model_server_config_pb2.ModelServerConfig,
+          options: ServerOptions = ServerOptions()) -> RunningServer:
+    """Loads the models (first versions synchronously) and starts serving."""
+    model_server = ModelServer(config, options)
     try:
-        bound_port = server.add_insecure_port(address)
-    except RuntimeError as e:
-        raise OSError(f"cannot listen on {address}: {e}") from None
-    if not bound_port:  # older gRPC releases report failure as port 0
-        raise OSError(f"cannot listen on {address}")
-    server.start()
-    return server, bound_port, model_server, health_servicer
+        server = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(max_workers=options.max_workers,
+                                                  thread_name_prefix="mtrank-serving"),
+            handlers=_generic_handlers(model_server),
+            options=(
+                ("grpc.max_receive_message_length", 2 * options.max_request_bytes),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # gRPC sets SO_REUSEPORT by default, so a second server on a
+                # busy port would bind silently and share its traffic.
+                ("grpc.so_reuseport", 0),
+            ),
+            maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+        )
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
+            health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        address = _address(options.host, options.port)
+        try:
+            if options.tls_cert:
+                with open(options.tls_key, "rb") as key, open(options.tls_cert, "rb") as cert:
+                    credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+                bound_port = server.add_secure_port(address, credentials)
+            else:
+                bound_port = server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise OSError(f"cannot listen on {address}: {e}") from None
+        if not bound_port:  # older gRPC releases report failure as port 0
+            raise OSError(f"cannot listen on {address}")
+        metrics_port = (model_server.metrics.start_http(options.metrics_port, options.host)
+                        if options.metrics_port is not None else None)
+        server.start()
+    except BaseException:
+        model_server.stop()
+        raise
+    model_server.manager.start_polling(options.poll_interval_s)
+    return RunningServer(server, bound_port, model_server, health_servicer, metrics_port)
 
 
 def serve(model_base: str, model_name: str = "mtrank", host: str = DEFAULT_HOST,
           port: int = DEFAULT_PORT, max_workers: int = DEFAULT_MAX_WORKERS
           ) -> Tuple[grpc.Server, int]:
-    """Starts serving the newest version under `model_base`; returns (server, bound port).
+    """Serves the newest version under `model_base` as `model_name`; returns
+    (started grpc.Server, bound port). Port 0 picks a free port. New versions
+    are picked up while it runs."""
+    running = start(server_config.single_model_config(model_name, model_base),
+                    ServerOptions(host=host, port=port, max_workers=max_workers))
+    return running.grpc_server, running.port
 
-    Port 0 picks a free port. The caller stops the server with `server.stop(grace)`.
-    """
-    server, bound_port, _, _ = _start(model_base, model_name, host, port, max_workers)
-    return server, bound_port
 
-
-def serve_forever(model_base: str, model_name: str = "mtrank", host: str = DEFAULT_HOST,
-                  port: int = DEFAULT_PORT, max_workers: int = DEFAULT_MAX_WORKERS,
-                  grace_s: float = 5.0) -> None:
-    """Serves until SIGTERM or SIGINT, then lets requests in flight finish within `grace_s`.
+def serve_forever(config: model_server_config_pb2.ModelServerConfig,
+                  options: ServerOptions = ServerOptions()) -> None:
+    """Serves until SIGTERM or SIGINT, then drains requests in flight within
+    `options.grace_s` and exits.
 
     Signal handlers can only be installed from the main thread, so this is for
     the `mtrank serve` command, not for use inside other programs.
@@ -267,14 +534,15 @@ def serve_forever(model_base: str, model_name: str = "mtrank", host: str = DEFAU
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server, bound_port, model_server, health_servicer = _start(
-            model_base, model_name, host, port, max_workers)
-        print(f"serving model {model_name} version {model_server.version} from {model_base} "
-              f"on {_address(host, bound_port)}", flush=True)
+        running = start(config, options)
+        served = ", ".join(f"{name} versions {list(versions)}"
+                           for name, versions in running.model_server.manager.available().items())
+        metrics = (f"; metrics on http://{_address(options.host, running.metrics_port)}/metrics"
+                   if running.metrics_port is not None else "")
+        print(f"serving {served} on {_address(options.host, running.port)}"
+              f"{' (TLS)' if options.tls_cert else ''}{metrics}", flush=True)
         stop.wait()
-        # Health watchers learn of the shutdown while requests in flight finish.
-        health_servicer.enter_graceful_shutdown()
-        server.stop(grace_s).wait()
+        running.stop(options.grace_s)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -3,13 +3,14 @@ on Beam over small data), the real model, saved with the serving signatures
 and loaded back with tf.saved_model.load."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from serving import signatures
+from serving import client as client_lib, signatures, testing_util
 from trainer import task as task_lib
 from trainer import testing_util as tu
 
@@ -45,7 +46,7 @@ def export(config, instances, tmp_path_factory):
     export_dir = str(work / "serving_model")
     model.save(export_dir, save_format="tf",
                signatures=signatures.make_signatures(model, config))
-    signatures.write_serving_spec(export_dir, config)
+    signatures.write_serving_assets(export_dir, config)
     # The export must be self-contained (vocabularies copied into its
     # assets): load it while the Transform output is out of the way.
     hidden = transform_dir + "_hidden"
@@ -85,13 +86,14 @@ def test_serving_default_takes_only_serialized_examples(loaded):
 
 
 def test_signatures_exported(loaded):
-    assert set(loaded.signatures) == {"serving_default", "transform_features"}
+    assert set(loaded.signatures) == {"serving_default", "predict_raw", "regress", "classify",
+                                      "transform_features"}
 
 
 @pytest.mark.parametrize("n", [1, 5])
 def test_outputs_one_value_per_example_per_task(config, instances, loaded, n):
     outputs = _serve(loaded, _serialized(config, instances[:n]))
-    assert set(outputs) == {t.name for t in config.tasks}
+    assert set(outputs) == {t.name for t in config.tasks} | {"score"}
     for task in config.tasks:
         assert outputs[task.name].shape == (n,), task.name
         assert outputs[task.name].dtype == np.float32
@@ -103,7 +105,7 @@ def test_outputs_one_value_per_example_per_task(config, instances, loaded, n):
 
 def test_output_structure_is_declared(config, loaded):
     outputs = loaded.signatures["serving_default"].structured_outputs
-    assert set(outputs) == {t.name for t in config.tasks}
+    assert set(outputs) == {t.name for t in config.tasks} | {"score"}
     for spec in outputs.values():
         assert spec.dtype == tf.float32 and spec.shape.as_list() == [None]
 
@@ -180,6 +182,9 @@ def test_serving_spec_lists_features_with_dtypes(config, export):
         spec = json.load(f)
     assert spec["model_name"] == config.model_name
     assert spec["tasks"] == ["click", "purchase", "dwell"]
+    # Unset weights: every binary task weighs 1 (dwell is a regression).
+    assert spec["score"] == {"output": "score", "form": "weighted_product",
+                             "weights": {"click": 1.0, "purchase": 1.0}}
     assert spec["features"] == {
         "user_id": {"dtype": "string", "shape": "scalar"},
         "item_id": {"dtype": "string", "shape": "scalar"},
@@ -203,3 +208,118 @@ def test_scores_equal_model_of_transform_in_process(config, instances, export):
     for task in config.tasks:
         np.testing.assert_allclose(served[task.name], expected[task.name].numpy(), rtol=1e-5,
                                    atol=1e-6)
+
+
+def _raw_inputs(config, instances):
+    """predict_raw tensors: scalars [batch] (missing: the default), lists
+    [batch, longest] padded with the default."""
+    inputs = {}
+    for feature in config.features:
+        dtype = {"string": tf.string, "int64": tf.int64, "float": tf.float32}[feature.dtype]
+        values = [list(i[feature.name]) for i in instances]
+        if feature.is_scalar:
+            inputs[feature.name] = tf.constant(
+                [v[0] if v else feature.default_value for v in values], dtype)
+        else:
+            width = max(len(v) for v in values)
+            pad = b"" if feature.dtype == "string" else 0
+            inputs[feature.name] = tf.constant([v + [pad] * (width - len(v)) for v in values],
+                                               dtype)
+    return inputs
+
+
+def test_predict_raw_scores_equal_serving_default(config, instances, loaded):
+    """Including an instance with missing scalars, an empty list and an over-long list."""
+    from_examples = _serve(loaded, _serialized(config, instances))
+    from_raw = loaded.signatures["predict_raw"](**_raw_inputs(config, instances))
+    assert set(from_raw) == set(from_examples)
+    for name, values in from_examples.items():
+        np.testing.assert_allclose(from_raw[name].numpy(), values, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_predict_raw_takes_one_input_per_feature_in_its_dtype(config, loaded):
+    _, kwargs = loaded.signatures["predict_raw"].structured_input_signature
+    assert {name: (spec.dtype, spec.shape.rank) for name, spec in kwargs.items()} == {
+        f.name: ({"string": tf.string, "int64": tf.int64, "float": tf.float32}[f.dtype],
+                 1 if f.is_scalar else 2)
+        for f in config.features}
+
+
+def test_score_is_the_weighted_product_of_binary_tasks(config, instances, loaded):
+    outputs = _serve(loaded, _serialized(config, instances))
+    np.testing.assert_allclose(outputs["score"], outputs["click"] * outputs["purchase"],
+                               rtol=1e-5)
+
+
+def test_score_formula_follows_the_config():
+    outputs = {"click": tf.constant([0.5, 0.2]), "purchase": tf.constant([0.1, 0.4])}
+    product = signatures.ScoreFormula("weighted_product", {"click": 1.0, "purchase": 2.0})
+    weighted_sum = signatures.ScoreFormula("weighted_sum", {"click": 1.0, "purchase": 2.0})
+    np.testing.assert_allclose(product(outputs).numpy(), [0.5 * 0.01, 0.2 * 0.16], rtol=1e-5)
+    np.testing.assert_allclose(weighted_sum(outputs).numpy(), [0.7, 1.0], rtol=1e-6)
+    config = tu.small_config(serving={"score": {"form": "weighted_sum",
+                                                "weights": {"dwell": 0.5, "click": 2.0}}})
+    assert signatures.score_formula(config) == signatures.ScoreFormula(
+        "weighted_sum", {"dwell": 0.5, "click": 2.0}, "score")
+    renamed = tu.small_config(tasks=[dict(tu.CONFIG_DICT["tasks"][0], name="score")])
+    assert signatures.score_formula(renamed).output == "fused_score"
+
+
+def test_regress_and_classify_carry_tf_serving_method_names(config, instances, export):
+    loaded, export_dir = export[0], export[4]
+    from serving import model_store
+    defs = model_store._read_signature_defs(export_dir)
+    assert defs["regress"].method_name == "tensorflow/serving/regress"
+    assert defs["classify"].method_name == "tensorflow/serving/classify"
+    assert defs["serving_default"].method_name == "tensorflow/serving/predict"
+    assert set(defs["regress"].inputs) == {"inputs"} and set(defs["regress"].outputs) == {
+        "outputs"}
+    assert tf.saved_model.experimental.read_fingerprint(export_dir).saved_model_checksum
+    serialized = _serialized(config, instances[:3])
+    scores = _serve(loaded, serialized)
+    regressed = loaded.signatures["regress"](inputs=serialized)["outputs"].numpy()
+    np.testing.assert_allclose(regressed, scores["score"], rtol=1e-6)
+    classified = loaded.signatures["classify"](inputs=serialized)
+    assert classified["classes"].numpy().tolist() == [[b"click", b"purchase"]] * 3
+    np.testing.assert_allclose(classified["scores"].numpy(),
+                               np.stack([scores["click"], scores["purchase"]], axis=1), rtol=1e-6)
+
+
+def test_warmup_file_holds_one_request_per_scoring_signature(export):
+    logs = signatures.read_warmup_logs(export[4])
+    kinds = [(log.WhichOneof("log_type"), getattr(log, log.WhichOneof("log_type"))
+              .request.model_spec.signature_name) for log in logs]
+    assert kinds == [("predict_log", "serving_default"), ("predict_log", "predict_raw"),
+                     ("regress_log", "regress"), ("classify_log", "classify")]
+
+
+def _json_features(config, instance):
+    """An instance as a client's JSON object (a missing scalar is null)."""
+    features = {}
+    for feature in config.features:
+        values = [v.decode() if isinstance(v, bytes) else v for v in instance[feature.name]]
+        features[feature.name] = (values[0] if values else None) if feature.is_scalar else values
+    return features
+
+
+def test_our_server_serves_the_export_with_every_signature(config, instances, export,
+                                                           tmp_path):
+    """The real export in a model base, served with batching, through the client."""
+    loaded, export_dir = export[0], export[4]
+    base = tmp_path / "mtrank_test"
+    shutil.copytree(export_dir, base / "7")
+    features = [_json_features(config, i) for i in instances[:8]]
+    expected = _serve(loaded, _serialized(config, instances[:8]))
+    from serving import server_config
+    with testing_util.running_server(str(base), config.model_name,
+                                     batching=server_config.BatchingParameters()) as (_, target):
+        for signature in ("serving_default", "predict_raw"):
+            with client_lib.RankingClient(target, config.model_name,
+                                          signature=signature) as ranking:
+                served = ranking.predict(features, batch_size=4)
+                assert ranking.status() == {7: "AVAILABLE"}
+            assert set(served) == set(expected)
+            for name in expected:
+                np.testing.assert_allclose(served[name], expected[name], rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{signature}/{name}")

@@ -8,15 +8,13 @@ deterministically so tests can tell inputs (and versions) apart.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import zlib
-from typing import Iterator, Mapping, Sequence, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
-import grpc
 import tensorflow as tf
 
-from serving import model_store, server as server_lib
+from serving import server as server_lib, server_config, signatures
 
 DEFAULT_TASKS = ("click", "purchase")
 DEFAULT_FEATURES = {
@@ -27,7 +25,6 @@ DEFAULT_FEATURES = {
     "item_tags": {"dtype": "string", "shape": "list"},
 }
 _HASH_BUCKETS = 97
-_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
 _DEFAULTS = {"string": "", "int64": 0, "float": 0.0}
 
 
@@ -38,11 +35,20 @@ def _weight(task: str, feature: str) -> float:
     return magnitude if h & 1 << 20 else -magnitude
 
 
+def _first_or_default(value: tf.SparseTensor, default) -> tf.Tensor:
+    batch = value.dense_shape[0]
+    first = tf.sparse.reset_shape(tf.sparse.slice(value, [0, 0], [batch, 1]),
+                                  tf.stack([batch, 1]))
+    return tf.sparse.to_dense(first, default_value=tf.cast(default, value.dtype))[:, 0]
+
+
 class _TestRanker(tf.Module):
     """score[task] = sigmoid(bias + sum over features of weight * encoded value).
 
     Strings are encoded as a hash bucket in [0, 1), numbers as asinh(value)
-    and lists by their length.
+    and lists by their length. `transform` takes parsed raw features (as
+    parse_example gives them), `predict` the transformed ones, like the
+    trainer's Transform layer and model.
     """
 
     def __init__(self, tasks: Sequence[str], features: Mapping[str, Mapping[str, str]],
@@ -55,65 +61,68 @@ class _TestRanker(tf.Module):
         )
         self._bias = tf.Variable(bias, dtype=tf.float32)
 
-    def _encode(self, examples: tf.Tensor) -> tf.Tensor:
-        parse_spec = {
-            name: tf.io.FixedLenFeature([1], _TF_DTYPES[spec["dtype"]], _DEFAULTS[spec["dtype"]])
-            if spec["shape"] == "scalar" else tf.io.VarLenFeature(_TF_DTYPES[spec["dtype"]])
-            for name, spec in self._features.items()
-        }
-        parsed = tf.io.parse_example(examples, parse_spec)
+    def transform(self, parsed: Mapping[str, tf.SparseTensor]) -> Dict[str, tf.Tensor]:
         columns = []
         for name, spec in self._features.items():
             value = parsed[name]
             if spec["shape"] == "list":
                 ones = tf.ones_like(value.indices[:, 0], dtype=tf.float32)
                 counts = tf.SparseTensor(value.indices, ones, value.dense_shape)
-                columns.append(tf.sparse.reduce_sum(counts, axis=1))
-            elif spec["dtype"] == "string":
-                buckets = tf.strings.to_hash_bucket_fast(value[:, 0], _HASH_BUCKETS)
+                columns.append(tf.sparse.reduce_sum(counts, axis=1, output_is_sparse=False))
+                continue
+            first = _first_or_default(value, _DEFAULTS[spec["dtype"]])
+            if spec["dtype"] == "string":
+                buckets = tf.strings.to_hash_bucket_fast(first, _HASH_BUCKETS)
                 columns.append(tf.cast(buckets, tf.float32) / _HASH_BUCKETS)
             else:
-                columns.append(tf.math.asinh(tf.cast(value[:, 0], tf.float32)))
-        return tf.stack(columns, axis=1)
+                columns.append(tf.math.asinh(tf.cast(first, tf.float32)))
+        return {"encoded_features": tf.reshape(tf.stack(columns, axis=1),
+                                               [-1, len(self._features)])}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve(self, examples):
-        logits = tf.matmul(self._encode(examples), self._weights) + self._bias
+    def predict(self, transformed: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        logits = tf.matmul(transformed["encoded_features"], self._weights) + self._bias
         return {task: tf.sigmoid(logits[:, i]) for i, task in enumerate(self._tasks)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def transform(self, examples):
-        return {"encoded_features": self._encode(examples)}
 
 
 def write_test_model(base_dir: str, version: int, tasks: Sequence[str] = DEFAULT_TASKS,
                      features: Mapping[str, Mapping[str, str]] = DEFAULT_FEATURES,
-                     bias: float = 0.0, model_name: str = "mtrank") -> str:
+                     bias: float = 0.0, model_name: str = "mtrank",
+                     score_weights: Optional[Mapping[str, float]] = None,
+                     score_form: str = "weighted_product") -> str:
     """Writes `base_dir/<version>` as a servable mtrank SavedModel; returns its path.
 
     `bias` shifts every logit, so two versions written with different biases
-    give different scores for the same examples.
+    give different scores for the same examples. The score weighs every task
+    1 unless `score_weights` says otherwise. The export goes through the same
+    signatures and assets code as the trainer's.
     """
     path = os.path.join(base_dir, str(version))
     module = _TestRanker(tasks, features, bias)
-    tf.saved_model.save(module, path, signatures={
-        model_store.SERVING_SIGNATURE: module.serve.get_concrete_function(),
-        "transform_features": module.transform.get_concrete_function(),
-    })
-    spec_path = os.path.join(path, model_store.SPEC_PATH)
-    os.makedirs(os.path.dirname(spec_path), exist_ok=True)
-    with open(spec_path, "w", encoding="utf-8") as f:
-        json.dump({"model_name": model_name, "tasks": list(tasks),
-                   "features": {k: dict(v) for k, v in features.items()}}, f, indent=2)
+    formula = signatures.ScoreFormula(
+        score_form, dict(score_weights or {task: 1.0 for task in tasks}))
+    raw = [signatures.RawFeature(name, spec["dtype"], spec["shape"] == "scalar")
+           for name, spec in features.items()]
+    tf.saved_model.save(module, path, signatures=signatures.build_signatures(
+        module.transform, module.predict, raw, formula, tasks))
+    signatures.write_assets(path, {
+        "model_name": model_name, "tasks": list(tasks),
+        "features": {k: dict(v) for k, v in features.items()},
+        "score": {"output": formula.output, "form": formula.form,
+                  "weights": dict(formula.weights)}})
     return path
 
 
 @contextlib.contextmanager
-def running_server(model_base: str,
-                   model_name: str = "mtrank") -> Iterator[Tuple[grpc.Server, str]]:
-    """Serves `model_base` on a free loopback port; yields (server, "127.0.0.1:port")."""
-    server, port = server_lib.serve(model_base, model_name=model_name, port=0, max_workers=4)
+def running_server(model_base: str, model_name: str = "mtrank",
+                   **options) -> Iterator[Tuple[server_lib.RunningServer, str]]:
+    """Serves `model_base` on a free loopback port; yields (server, "127.0.0.1:port").
+
+    `options` are ServerOptions fields (batching, poll_interval_s, ...).
+    """
+    options.setdefault("max_workers", 16)
+    running = server_lib.start(server_config.single_model_config(model_name, model_base),
+                               server_lib.ServerOptions(port=0, **options))
     try:
-        yield server, f"127.0.0.1:{port}"
+        yield running, f"127.0.0.1:{running.port}"
     finally:
-        server.stop(grace=None).wait()
+        running.stop(grace_s=None)

@@ -1,0 +1,337 @@
+"""Serving benchmark: `mtrank serve` against the same SavedModel called in process.
+
+    .venv/bin/python benchmarks/serving.py [--model-dir DIR] [--work DIR]
+                                           [--clients 1,8,32] [--candidates 1,64]
+                                           [--requests N] [--out FILE.json]
+
+The model is a real mtrank export: --model-dir (a model base directory such
+as the demo's `demo/run/serving_model/mtrank`, or one version directory), or
+else a tiny one trained here (the trainer's small test config: real
+Transform on Beam, the real model, a few steps, exported by the trainer's
+export code path; about a minute).
+
+For every number of concurrent clients (threads, each sending its requests
+one after the other) and of candidates per request, three ways to score run
+in turn in this one process run, on the same requests:
+
+  in-process      the SavedModel's serving_default called directly
+                  (tf.saved_model.load, one call per request)
+  server          `mtrank serve` in a subprocess, over gRPC on 127.0.0.1,
+                  Predict through the stock stubs, no batching
+  server+batch    the same with --enable-batching and the shipped
+                  serving/batching_parameters.txt
+
+Each cell sends --requests requests after a warm-up of a few; latency is per
+request as the client sees it. Prints a Markdown table, then the two goals:
+the p50 overhead of the server over in-process at 1 client and 1 candidate
+(goal <= 1 ms) and the QPS of batching over no batching at 32 clients (goal
+>= 3x). The clients share the machine with the server: on 2 cores, the
+client threads' own gRPC work is part of what is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from pipeline import keras_env  # noqa: E402,F401  (before TensorFlow)
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+from serving import model_store, server as server_lib, signatures  # noqa: E402
+
+BATCHING_FILE = os.path.join(ROOT, "serving", "batching_parameters.txt")
+MODES = ("in-process", "server", "server+batch")
+WARMUP_REQUESTS = 5
+GOAL_OVERHEAD_MS = 1.0
+GOAL_BATCHING_GAIN = 3.0
+
+
+def export_tiny_model(work: str) -> str:
+    """Trains the trainer's small test config for a few steps and exports it
+    with the trainer's signatures and assets; returns the model base dir."""
+    import tensorflow_transform as tft
+
+    from trainer import task as task_lib
+    from trainer import testing_util as tu
+
+    config = tu.small_config()
+    instances = tu.raw_instances(config)
+    # Beam takes its options from sys.argv unless told otherwise; this
+    # script's flags are not Beam's.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        transformed, transform_dir = tu.run_transform(config, instances, work)
+    finally:
+        sys.argv = argv
+    features = {k: tf.constant(v) for k, v in
+                tu.batch_of(transformed, [f.name for f in config.features]).items()}
+    labels = {k: tf.constant(v, tf.float32)
+              for k, v in tu.batch_of(transformed, sorted(config.label_keys)).items()}
+    tf.keras.utils.set_random_seed(0)
+    model = task_lib.build_model(config)
+    model.run_eagerly = True
+    model.fit(tf.data.Dataset.from_tensors((features, labels)).repeat(), steps_per_epoch=5,
+              epochs=1, verbose=0)
+    model.tft_layer = tft.TFTransformOutput(transform_dir).transform_features_layer()
+    base = os.path.join(work, "serving_model", config.model_name)
+    export_dir = os.path.join(base, "1")
+    model.save(export_dir, save_format="tf", signatures=signatures.make_signatures(model, config))
+    signatures.write_serving_assets(export_dir, config)
+    return base
+
+
+def model_base_of(model_dir: str, work: str) -> str:
+    """A model base directory holding the model: `model_dir` itself, or, for a
+    version directory, a base made around a link to it."""
+    if os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
+        base = os.path.join(work, "model_base")
+        os.makedirs(base, exist_ok=True)
+        link = os.path.join(base, "1")
+        if not os.path.exists(link):
+            os.symlink(os.path.abspath(model_dir), link)
+        return base
+    return model_dir
+
+
+def candidates_for(spec: model_store.ServingSpec, count: int, seed: int = 0) -> List[bytes]:
+    """Serialized Examples with every feature set, varied values."""
+    rng = np.random.RandomState(seed)
+    examples = []
+    for _ in range(count):
+        example = tf.train.Example()
+        for name, feature in spec.features.items():
+            n = 1 if feature.shape == "scalar" else int(rng.randint(1, 4))
+            target = example.features.feature[name]
+            if feature.dtype == "string":
+                target.bytes_list.value.extend(
+                    f"{name}{rng.randint(50)}".encode() for _ in range(n))
+            elif feature.dtype == "int64":
+                target.int64_list.value.extend(int(v) for v in rng.randint(0, 60, n))
+            else:
+                target.float_list.value.extend(float(v) for v in rng.exponential(10.0, n))
+        examples.append(example.SerializeToString())
+    return examples
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`mtrank serve` as a user runs it, on a free loopback port."""
+
+    def __init__(self, model_base: str, model_name: str, batching: bool):
+        self.port = _free_port()
+        command = [sys.executable, "-m", "pipeline", "serve", "--model-base", model_base,
+                   "--model-name", model_name, "--port", str(self.port)]
+        if batching:
+            command += ["--enable-batching", "--batching-parameters-file", BATCHING_FILE]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline()
+        if not line.startswith("serving"):
+            self.stop()
+            raise RuntimeError(f"mtrank serve did not start: {line!r}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def run_load(call: Callable[[int], None], clients: int, requests: int) -> Dict[str, float]:
+    """`clients` threads share `requests` calls; latencies and QPS."""
+    latencies: List[float] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    errors: List[BaseException] = []
+
+    def client():
+        own = []
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                break
+            start = time.perf_counter()
+            try:
+                call(i)
+            except BaseException as e:  # reported after the run
+                errors.append(e)
+                break
+            own.append(time.perf_counter() - start)
+        with lock:
+            latencies.extend(own)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]!r}")
+    ms = np.array(latencies) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "qps": len(latencies) / wall}
+
+
+def in_process_caller(fn, batches: Sequence[tf.Tensor]) -> Callable[[int], None]:
+    def call(i):
+        outputs = fn(examples=batches[i % len(batches)])
+        for value in outputs.values():
+            value.numpy()
+    return call
+
+
+def server_caller(target: str, model_name: str, batches: Sequence[List[bytes]]
+                  ) -> Callable[[int], None]:
+    channel = grpc.insecure_channel(target, options=server_lib.GRPC_OPTIONS)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    requests = []
+    for batch in batches:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.inputs[model_store.EXAMPLES_INPUT].CopyFrom(
+            tf.make_tensor_proto(batch, dtype=tf.string))
+        requests.append(request)
+
+    def call(i):
+        stub.Predict(requests[i % len(requests)], timeout=60)
+    return call
+
+
+def measure(model_base: str, clients: Sequence[int], candidates: Sequence[int],
+            requests: int) -> List[dict]:
+    version = model_store.list_versions(model_base)[-1]
+    loaded = model_store.load_version("bench", model_base, version)
+    model_name = loaded.spec.model_name
+    batches = {n: [candidates_for(loaded.spec, n, seed) for seed in range(8)]
+               for n in candidates}
+    rows = []
+    fn = loaded.functions[model_store.SERVING_SIGNATURE]
+    tensors = {n: [tf.constant(b, tf.string) for b in batches[n]] for n in candidates}
+    for n in candidates:
+        for c in clients:
+            call = in_process_caller(fn, tensors[n])
+            run_load(call, 1, WARMUP_REQUESTS)
+            rows.append({"mode": "in-process", "clients": c, "candidates": n,
+                         **run_load(call, c, requests)})
+    for mode in MODES[1:]:
+        server = ServerProcess(model_base, model_name, batching=mode == "server+batch")
+        try:
+            for n in candidates:
+                for c in clients:
+                    call = server_caller(f"127.0.0.1:{server.port}", model_name, batches[n])
+                    run_load(call, 1, WARMUP_REQUESTS)
+                    rows.append({"mode": mode, "clients": c, "candidates": n,
+                                 **run_load(call, c, requests)})
+        finally:
+            server.stop()
+    return rows
+
+
+def _row(rows: List[dict], mode: str, clients: int, candidates: int) -> Optional[dict]:
+    return next((r for r in rows if (r["mode"], r["clients"], r["candidates"]) ==
+                 (mode, clients, candidates)), None)
+
+
+def goals(rows: List[dict]) -> dict:
+    """The two goals, from the smallest and largest client counts measured."""
+    least = min(r["clients"] for r in rows)
+    most = max(r["clients"] for r in rows)
+    fewest = min(r["candidates"] for r in rows)
+    result = {}
+    base, served = _row(rows, "in-process", least, fewest), _row(rows, "server", least, fewest)
+    result["overhead_p50_ms"] = served["p50_ms"] - base["p50_ms"]
+    result["batching_gain"] = {
+        n: _row(rows, "server+batch", most, n)["qps"] / _row(rows, "server", most, n)["qps"]
+        for n in sorted({r["candidates"] for r in rows})}
+    result["clients"], result["candidates"] = (least, most), fewest
+    return result
+
+
+def format_table(rows: List[dict]) -> str:
+    lines = ["| mode | clients | candidates | p50 ms | p99 ms | QPS | candidates/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["candidates"], r["clients"], MODES.index(r["mode"]))):
+        lines.append(f"| {r['mode']} | {r['clients']} | {r['candidates']} | {r['p50_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['qps']:,.0f} | "
+                     f"{r['qps'] * r['candidates']:,.0f} |")
+    return "\n".join(lines)
+
+
+def format_goals(result: dict) -> str:
+    least, most = result["clients"]
+    overhead = result["overhead_p50_ms"]
+    lines = [f"p50 overhead of the server over in-process, {least} client, "
+             f"{result['candidates']} candidate: {overhead:.2f} ms (goal <= "
+             f"{GOAL_OVERHEAD_MS:g} ms: {'met' if overhead <= GOAL_OVERHEAD_MS else 'NOT met'})"]
+    for n, gain in result["batching_gain"].items():
+        lines.append(f"QPS with batching / without, {most} clients, {n} candidates: {gain:.2f}x "
+                     f"(goal >= {GOAL_BATCHING_GAIN:g}x: "
+                     f"{'met' if gain >= GOAL_BATCHING_GAIN else 'NOT met'})")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", help="model base or version directory (default: train "
+                                            "a tiny one)")
+    parser.add_argument("--work", help="scratch directory (default: a temporary one)")
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--candidates", default="1,64")
+    parser.add_argument("--requests", type=int, default=400, help="requests per cell")
+    parser.add_argument("--out", help="also write the rows and goals as JSON")
+    args = parser.parse_args(argv)
+    clients = [int(c) for c in args.clients.split(",")]
+    candidates = [int(c) for c in args.candidates.split(",")]
+    work = args.work or tempfile.mkdtemp(prefix="mtrank-serving-bench-")
+    try:
+        if args.model_dir:
+            model_base = model_base_of(args.model_dir, work)
+        else:
+            print("training a tiny mtrank model to serve ...", flush=True)
+            model_base = export_tiny_model(work)
+        rows = measure(model_base, clients, candidates, args.requests)
+        result = goals(rows)
+        print(f"\nmodel: {model_base}; {args.requests} requests per cell; "
+              f"{os.cpu_count()} CPUs; batching: {BATCHING_FILE}\n")
+        print(format_table(rows))
+        print()
+        print(format_goals(result))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"rows": rows, "goals": result}, f, indent=2)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

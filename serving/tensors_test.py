@@ -1,0 +1,100 @@
+"""Tests of serving/tensors.py: the batch check agrees with conforming each
+Example, and tensors round-trip."""
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+
+from serving import model_store, tensors, testing_util
+from serving.errors import RequestError
+
+SPEC = model_store.ServingSpec.from_json({
+    "model_name": "mtrank", "tasks": ["click"], "features": testing_util.DEFAULT_FEATURES})
+
+
+@pytest.fixture(scope="module")
+def batch_check():
+    return model_store.BatchCheck(SPEC)
+
+
+def example(**features):
+    ex = tf.train.Example()
+    for name, values in features.items():
+        feature = ex.features.feature[name]
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str):
+                feature.bytes_list.value.append(value.encode())
+            elif isinstance(value, int):
+                feature.int64_list.value.append(value)
+            else:
+                feature.float_list.value.append(value)
+    return ex.SerializeToString()
+
+
+VALID = example(user_id="u", item_id="i", item_price=2.5, hour=3, item_tags=["a", "b"])
+CORPUS = [
+    VALID, b"", example(user_id="u"), example(user_id="u", unknown="x"),
+    example(item_price=3), example(hour=4.0), example(hour=4.5), example(user_id=7),
+    example(item_price=[1.0, 2.0]), example(item_tags=[1, 2]), example(user_id=[]),
+]
+
+
+def garbage(rng):
+    prefix = rng.choice([b"\x07", b"\x0f", b"\x00", b"\x0a\xff\xff\xff\xff\x0f", b"\x0c",
+                         b"\x0a\x05", VALID[:7], b"\x0b"])
+    return prefix + bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 40)))
+
+
+def conforms_unchanged(serialized):
+    """What the per-Example path makes of it: True (as is, for the model),
+    or False (converted or refused)."""
+    try:
+        conformed = SPEC.conform(serialized)
+    except model_store.ExampleError:
+        return False
+    parse_spec = {name: tf.io.VarLenFeature(tf.string if f.dtype == "string" else
+                                            tf.int64 if f.dtype == "int64" else tf.float32)
+                  for name, f in SPEC.features.items()}
+    try:
+        as_is = tf.io.parse_example([serialized], parse_spec)
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
+        return False
+    again = tf.io.parse_example([conformed], parse_spec)
+    return all(tf.sparse.to_dense(as_is[k]).numpy().tolist()
+               == tf.sparse.to_dense(again[k]).numpy().tolist() for k in parse_spec)
+
+
+def test_batch_check_accepts_only_what_conform_leaves_as_it_is(batch_check):
+    rng = random.Random(7)
+    candidates = CORPUS + [garbage(rng) for _ in range(300)]
+    for serialized in candidates:
+        batch = [VALID] * (tensors.BATCH_CHECK_MIN - 1) + [serialized]
+        if batch_check(batch):
+            assert conforms_unchanged(serialized), serialized
+    assert batch_check([VALID, example(user_id="u", unknown="x"), b""] * 6)
+    for refused in (example(hour=4.5), example(item_price=3), example(item_price=[1.0, 2.0]),
+                    b"\x00garbage", b"\x0a\xff\xff\xff\xff\x0f"):
+        assert not batch_check([VALID] * 20 + [refused])
+
+
+def test_large_and_small_batches_get_the_same_answer(batch_check):
+    small = np.array([VALID, example(item_price=3)], dtype=object)
+    large = np.array([VALID] * 20 + [example(item_price=3)], dtype=object)
+    converted = tensors.conform_examples("examples", small, SPEC, batch_check)[1]
+    assert tensors.conform_examples("examples", large, SPEC, batch_check)[-1] == converted
+    assert tf.train.Example.FromString(converted).features.feature[
+        "item_price"].float_list.value == [3.0]
+    bad = np.array([VALID] * 20 + [example(hour=4.5)], dtype=object)
+    with pytest.raises(RequestError, match=r"examples\[20\]: feature 'hour'"):
+        tensors.conform_examples("examples", bad, SPEC, batch_check)
+
+
+@pytest.mark.parametrize("array", [
+    np.array([0.5, 0.25], np.float32), np.zeros((0,), np.float32),
+    np.arange(6, dtype=np.int64).reshape(2, 3), np.array([[b"a", b"b"]], dtype=object)])
+def test_to_tensor_proto_matches_make_tensor_proto(array):
+    proto = tensor_pb2.TensorProto()
+    tensors.to_tensor_proto(array, proto)
+    assert proto == tf.make_tensor_proto(array)
