@@ -15,6 +15,7 @@ from typing import List, Optional
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
+from components import spans
 from pipeline import config as config_lib
 from pipeline import eval_config as eval_config_lib
 from pipeline import pipeline as pipeline_lib
@@ -62,6 +63,12 @@ def compile_pipeline(config: config_lib.Config, output: str, log_glob: str,
     `serving_model_dir` defaults to `<pipeline_root>/serving_model/<model>`,
     the model base directory TF Serving reads.
     """
+    if spans.is_span_pattern(log_glob):
+        raise ValueError(
+            f"{log_glob!r}: daily partitions train on a window of spans found by a resolver "
+            "that KubeflowV2DagRunner cannot compile (it compiles only the LatestArtifact and "
+            "LatestBlessedModel strategies); give the compiled pipeline a plain glob, or run "
+            "spans with `mtrank run`")
     pipeline = pipeline_lib.create_pipeline(
         pipeline_name=kfp_pipeline_name(config.model_name),
         pipeline_root=pipeline_root,
@@ -72,6 +79,8 @@ def compile_pipeline(config: config_lib.Config, output: str, log_glob: str,
             pipeline_root, "serving_model", config.model_name),
         beam_pipeline_args=beam_pipeline_args,
         trainer_resources=trainer_resources(config),
+        # The only resolver strategies KubeflowV2DagRunner compiles.
+        latest_artifact_strategy=tfx.dsl.experimental.LatestArtifactStrategy,
     )
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),

@@ -101,7 +101,15 @@ def test_cli_compile(config, tmp_path, capsys):
     assert cli.main(["compile", "--output", str(output), "--logs", LOGS, "--config",
                      str(config_path), "--pipeline-root", ROOT, "--image", IMAGE,
                      "--dataflow-project", "proj", "--dataflow-region", "europe-west4"]) == 0
-    assert "11 steps" in capsys.readouterr().out
     compiled = json.loads(output.read_text())
+    steps = len(compiled["pipelineSpec"]["root"]["dag"]["tasks"])
+    assert f"{steps} steps" in capsys.readouterr().out
     assert json.dumps(compiled, sort_keys=True) == json.dumps(
         _compile(config, tmp_path / "direct.json"), sort_keys=True)
+
+
+def test_daily_partitions_are_refused_with_the_reason(config, tmp_path):
+    with pytest.raises(ValueError, match="KubeflowV2DagRunner cannot compile"):
+        runner.compile_pipeline(config, str(tmp_path / "p.json"),
+                                log_glob="gs://logs/{YYYY}-{MM}-{DD}/*.jsonl.gz",
+                                pipeline_root="gs://b/root")

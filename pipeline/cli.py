@@ -30,7 +30,7 @@ def cmd_simulate(args) -> int:
     from pipeline import simulator
 
     summary = simulator.simulate(args.out, impressions=args.impressions, days=args.days,
-                                 seed=args.seed)
+                                 seed=args.seed, shuffle_feedback=args.shuffle_feedback)
     print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))
     print(f"logs: {os.path.join(args.out, simulator.EVENT_FILE_GLOB)}")
     return 0
@@ -47,6 +47,18 @@ def cmd_init_config(args) -> int:
     return 0
 
 
+def _span_date(text: str) -> int:
+    """A --span date as a span number (days since 1970-01-01)."""
+    import datetime
+
+    from components import spans
+
+    try:
+        return spans.span_of_date(datetime.date.fromisoformat(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
+
+
 def cmd_run(args) -> int:
     from pipeline import local_runner, run_summary
 
@@ -54,7 +66,7 @@ def cmd_run(args) -> int:
     summary = local_runner.run(
         args.logs, args.work_dir, config, beam_pipeline_args=args.beam_arg or None,
         verbose=args.verbose, from_component=args.only or getattr(args, "from"),
-        to_component=args.only)
+        to_component=args.only, span=args.span, schema_file=args.schema)
     print()
     print(run_summary.format_table(summary))
     print(f"summary: {os.path.join(args.work_dir, local_runner.SUMMARY_FILE)}")
@@ -82,6 +94,37 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pipeline import report
+
+    text = report.write_report(args.work_dir, args.out)
+    print(text)
+    print(f"report: {args.out}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from pipeline import report
+
+    source = report.export_schema(args.work_dir, args.out)
+    print(f"wrote {args.out} (the schema of {source}): curate it, keep it in your repository "
+          "and pass it with `mtrank run --schema` or validation.schema")
+    return 0
+
+
+def cmd_tensorboard(args) -> int:
+    from pipeline import training_logs
+
+    runs = training_logs.model_run_dirs(args.work_dir, limit=args.runs)
+    command = training_logs.tensorboard_command(runs, args.port)
+    for name, directory in runs:
+        print(f"{name}: {directory}")
+    print(training_logs.format_command(command))
+    if args.launch:
+        os.execv(command[0], command)
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from pipeline import inspect_mlmd
 
@@ -96,18 +139,40 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from serving import server
+    from serving import server, server_config
 
-    server.serve_forever(args.model_base, model_name=args.model_name, host=args.host,
-                         port=args.port)
+    if bool(args.model_base) == bool(args.model_config_file):
+        raise ValueError("give --model-base or --model-config-file (one of them)")
+    if args.batching_parameters_file and not args.enable_batching:
+        raise ValueError("--batching-parameters-file needs --enable-batching")
+    if args.model_config_file:
+        config = server_config.read_model_server_config(args.model_config_file)
+    else:
+        if not os.path.isdir(args.model_base):
+            raise FileNotFoundError(f"--model-base {args.model_base!r} is not a directory")
+        config = server_config.single_model_config(args.model_name, args.model_base)
+    batching = None
+    if args.enable_batching:
+        batching = (server_config.read_batching_parameters(args.batching_parameters_file)
+                    if args.batching_parameters_file else server_config.BatchingParameters())
+    server.serve_forever(config, server.ServerOptions(
+        host=args.host, port=args.port, max_workers=args.max_workers,
+        poll_interval_s=args.poll_seconds, batching=batching, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, metrics_port=args.metrics_port, grace_s=args.grace_seconds))
     return 0
 
 
 def cmd_predict(args) -> int:
     from serving import client
 
+    root_certificates = None
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as f:
+            root_certificates = f.read()
     client.print_predictions(args.target, args.logs, limit=args.limit,
-                             model_name=args.model_name)
+                             model_name=args.model_name, batch_size=args.batch_size,
+                             signature=args.signature, timeout_s=args.timeout_seconds,
+                             retries=args.retries, root_certificates=root_certificates)
     return 0
 
 
@@ -121,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--impressions", type=int, default=20000)
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shuffle-feedback", metavar="TYPE",
+                   help="move this feedback type's events to random impressions (its task's "
+                        "labels become noise), to see the validation gates stop a bad model")
     p.set_defaults(func=cmd_simulate)
 
     p = commands.add_parser("init-config", help="infer a config from logs, for editing")
@@ -131,10 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("run", help="run the pipeline locally")
     p.add_argument("--logs", "--input", dest="logs", required=True, metavar="GLOB",
-                   help="glob of log files, or of the CSV / TFRecord files (or their "
+                   help="glob of log files; daily partitions as a glob with {YYYY}-{MM}-{DD} "
+                        "(each run ingests one day and trains on the last "
+                        "split.window_spans); or the CSV / TFRecord files (or their "
                         "directory) when the config's input.format is csv / tfrecord")
+    p.add_argument("--span", type=_span_date, default=-1, metavar="YYYY-MM-DD",
+                   help="with daily partitions: the day to ingest (default: the newest whose "
+                        "following days, for late feedback, are present)")
     p.add_argument("--work-dir", required=True)
     p.add_argument("--config", help="YAML config (default: inferred from the logs)")
+    p.add_argument("--schema", metavar="FILE",
+                   help="curated schema (text proto) to import instead of inferring one "
+                        "(default: the config's validation.schema); see `mtrank schema`")
     p.add_argument("--beam-arg", action="append",
                    help="Beam pipeline argument, repeatable (default --direct_num_workers=1)")
     p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
@@ -160,9 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-arg", action="append", help="more Beam pipeline arguments, repeatable")
     p.set_defaults(func=cmd_compile)
 
+    p = commands.add_parser("tensorboard", help="TensorBoard over the newest Trainer runs' logs")
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--runs", type=int, default=5, help="how many of the newest runs")
+    p.add_argument("--port", type=int, default=6006)
+    p.add_argument("--launch", action="store_true",
+                   help="start TensorBoard (on 127.0.0.1) instead of only printing the command")
+    p.set_defaults(func=cmd_tensorboard)
+
     p = commands.add_parser("inspect", help="runs, executions, artifacts and lineage from MLMD")
     p.add_argument("--work-dir", required=True)
     p.set_defaults(func=cmd_inspect)
+
+    p = commands.add_parser("report", help="HTML report of the last run: per task and slice "
+                                           "candidate vs baseline, plots, data checks, lineage")
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--out", default="report.html", help="HTML file to write")
+    p.set_defaults(func=cmd_report)
+
+    p = commands.add_parser("schema", help="export the last run's schema for curation")
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--out", required=True, help="schema text proto to write")
+    p.set_defaults(func=cmd_schema)
 
     p = commands.add_parser("demo", help="simulate logs, run, serve and predict, end to end")
     p.add_argument("--work-dir", default="demo")
@@ -171,11 +266,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = commands.add_parser("serve", help="serve pushed models over the TF Serving gRPC API")
-    p.add_argument("--model-base", required=True,
-                   help="model base directory, e.g. WORK/serving_model/mtrank")
+    p.add_argument("--model-base",
+                   help="model base directory, e.g. WORK/serving_model/mtrank (one model)")
     p.add_argument("--model-name", default="mtrank")
+    p.add_argument("--model-config-file",
+                   help="TF Serving ModelServerConfig (text format), e.g. serving/models.config")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--enable-batching", action="store_true",
+                   help="merge concurrent requests into one model call")
+    p.add_argument("--batching-parameters-file",
+                   help="TF Serving BatchingParameters (text format), e.g. "
+                        "serving/batching_parameters.txt")
+    p.add_argument("--poll-seconds", type=float, default=1.0,
+                   help="how often the model directories are checked for new versions")
+    p.add_argument("--tls-cert", help="PEM server certificate (with --tls-key: TLS only)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics over HTTP on this port (same host)")
+    p.add_argument("--max-workers", type=int, default=64, help="gRPC handler threads")
+    p.add_argument("--grace-seconds", type=float, default=10.0,
+                   help="on SIGTERM, how long requests in flight may take to finish")
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("predict", help="score the impressions of a log file")
@@ -183,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", required=True, help="a JSON Lines (optionally gzip) log file")
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--model-name", default="mtrank")
+    p.add_argument("--signature", default="serving_default",
+                   choices=["serving_default", "predict_raw"],
+                   help="send tf.Examples (serving_default) or raw feature tensors")
+    p.add_argument("--batch-size", type=int, default=256, help="candidates per request")
+    p.add_argument("--timeout-seconds", type=float, default=10.0,
+                   help="deadline for the whole scoring")
+    p.add_argument("--retries", type=int, default=3,
+                   help="retries of a request answered UNAVAILABLE or RESOURCE_EXHAUSTED")
+    p.add_argument("--tls-ca", help="PEM certificate(s) to verify a TLS server with")
     p.set_defaults(func=cmd_predict)
     return parser
 

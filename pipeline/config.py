@@ -37,6 +37,11 @@ CATEGORICAL_ENCODINGS = ("hashing", "vocabulary")
 NUMERIC_TRANSFORMS = ("zscore", "log", "buckets")
 DTYPES = ("string", "int64", "float")
 TASK_TYPES = ("binary", "regression")
+# Model architectures by name (trainer/architectures.py registers one module each).
+ARCHITECTURES = ("shared_bottom", "mmoe", "cgc", "ple")
+LOSS_WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "dwa")
+POSITION_FORMS = ("product", "additive")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -142,11 +147,24 @@ class TaskConfig:
     type: str = "binary"
     label_window_s: int = 3600
     loss_weight: float = 1.0
+    condition: Optional[str] = None
+    depends_on: Optional[str] = None
     eval: EvalBounds = dataclasses.field(default_factory=EvalBounds)
 
     @property
     def label_key(self) -> str:
         return f"{self.name}_label"
+
+    @property
+    def parent(self) -> Optional[str]:
+        """The binary task this one is defined under (condition or depends_on)."""
+        return self.condition or self.depends_on
+
+    @property
+    def conditional_output(self) -> Optional[str]:
+        """ESMM (depends_on): the served name of P(this | parent), beside the
+        task's own output P(parent and this)."""
+        return f"{self.name}_given_{self.depends_on}" if self.depends_on else None
 
     def relevant_fields(self, input_format: str) -> Dict[str, Any]:
         """The fields that apply to this task on `input_format`, for the YAML
@@ -157,8 +175,9 @@ class TaskConfig:
             if other_format != input_format:
                 for name in names:
                     fields.pop(name)
-        if fields.get("positive_values") is None:
-            fields.pop("positive_values", None)
+        for optional in ("positive_values", "condition", "depends_on"):
+            if fields.get(optional) is None:
+                fields.pop(optional, None)
         fields["eval"] = {k: v for k, v in fields["eval"].items()
                           if k.startswith("max_mse") == (self.type == "regression")}
         return fields
@@ -166,9 +185,19 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    """Time split: the last `eval_days` calendar days (UTC) are evaluation."""
+    """How logs input is split into train and eval.
+
+    From a plain glob of log files, by time: the last `eval_days` calendar
+    days (UTC) are evaluation. From daily partitions (a glob with
+    {YYYY}-{MM}-{DD}), one span (day) is ingested a run and split by a hash of
+    the request: `eval_percent` of each day's requests are evaluation;
+    training reads the last `window_spans` ingested spans, and the Evaluator
+    the newest span's evaluation requests.
+    """
 
     eval_days: int = 1
+    eval_percent: int = 15
+    window_spans: int = 14
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +269,17 @@ class TrainingConfig:
 
     `gpus` / `gpu_type` are the Trainer's accelerators where the pipeline runs
     on a cluster (Kubeflow, Vertex AI); locally every visible GPU is used.
+    `mixed_precision` computes in float16 (variables stay float32) where the
+    Trainer has a GPU; on CPU it is ignored (logged).
+
+    `lr_schedule`: `constant` keeps `learning_rate`; `cosine` decays it to 0
+    over the whole run (`epochs` passes, or `train_steps`). Either starts
+    with `warmup_steps` steps rising linearly from 0.
+
+    Training resumes from the last finished epoch when the same training (the
+    same config and input artifacts) is run again after an interruption: its
+    checkpoint is kept under `checkpoint_dir` (default: beside the Trainer's
+    model_run directories) until the run finishes.
     """
 
     epochs: int = 5
@@ -253,6 +293,122 @@ class TrainingConfig:
     seed: int = 0
     gpus: int = 0
     gpu_type: str = "NVIDIA_TESLA_T4"
+    mixed_precision: bool = False
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    checkpoint_dir: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What the Trainer builds (docs/config.md#model).
+
+    architecture: shared_bottom (one MLP of `training.bottom_units` shared by
+      every task), mmoe (`num_experts` expert MLPs, one softmax gate per
+      task), cgc (`num_experts` shared plus `task_experts` per-task experts,
+      gated per task) or ple (`extraction_layers` stacked CGC levels).
+    cross_layers: DCN-v2 cross layers on the embedded features before the
+      bottom or the experts (`cross_projection_dim`: low-rank size, or full).
+    dropout: after every hidden layer, in training only.
+    loss_weighting: fixed (tasks[].loss_weight), uncertainty (learned
+      log-variances), gradnorm (balances gradient norms, `gradnorm_alpha`) or
+      dwa (weights from the tasks' loss ratios over the last two epochs,
+      `dwa_temperature`). Under every choice tasks[].loss_weight scales the
+      task's loss first.
+    position_tasks: binary tasks given a position-bias tower fed `position`
+      in training only (served scores are position-free); `position_form`:
+      product (PAL, P = P(seen | position) x P(task | seen)) or additive (a
+      position logit added to the task logit); positions at or beyond
+      `max_position` share one bucket.
+    """
+
+    architecture: str = "shared_bottom"
+    num_experts: int = 4
+    task_experts: int = 1
+    extraction_layers: int = 2
+    cross_layers: int = 0
+    cross_projection_dim: Optional[int] = None
+    dropout: float = 0.0
+    loss_weighting: str = "fixed"
+    gradnorm_alpha: float = 1.5
+    dwa_temperature: float = 2.0
+    position_tasks: List[str] = dataclasses.field(default_factory=list)
+    position_form: str = "product"
+    max_position: int = 20
+
+    def relevant_fields(self) -> Dict[str, Any]:
+        """The fields that apply to this architecture and weighting."""
+        fields = dataclasses.asdict(self)
+        for field, (decider, choices) in _MODEL_FIELDS_APPLY_TO.items():
+            if fields[decider] not in choices:
+                del fields[field]
+        return fields
+
+
+# ModelConfig fields that apply only to some choices: (deciding field, choices).
+_MODEL_FIELDS_APPLY_TO = {
+    "num_experts": ("architecture", ("mmoe", "cgc", "ple")),
+    "task_experts": ("architecture", ("cgc", "ple")),
+    "extraction_layers": ("architecture", ("ple",)),
+    "gradnorm_alpha": ("loss_weighting", ("gradnorm",)),
+    "dwa_temperature": ("loss_weighting", ("dwa",)),
+}
+
+
+SCORE_FORMS = ("weighted_product", "weighted_sum")
+# The fused output every scoring signature adds; FUSED_SCORE_OUTPUT when the
+# model already has an output named SCORE_OUTPUT (a task called "score").
+SCORE_OUTPUT = "score"
+FUSED_SCORE_OUTPUT = "fused_score"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """The fused ranking score `score` that serving returns beside the
+    per-task outputs, one number per candidate to sort by.
+
+    weighted_product: the product of output ** weight (for probabilities:
+      p(click)^1 * p(purchase)^2 ranks by a weighted geometric mean).
+    weighted_sum: the sum of weight * output.
+    weights: {model output name: weight >= 0}; unset, every binary task
+      weighs 1.
+    The output is named `score` (`fused_score` if a task is named score).
+    """
+
+    form: str = "weighted_product"
+    weights: Optional[Dict[str, float]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    """What the exported model serves besides the per-task outputs."""
+
+    score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """Checks beyond each task's bounds (docs/validation.md).
+
+    slices: lists of categorical features the Evaluator slices the eval split
+      by, besides overall (e.g. [[device], [country]]). Each task's bounds
+      apply to every slice with at least `min_slice_size` eval examples;
+      smaller slices are evaluated and reported but do not decide blessing.
+    schema: a curated schema (text proto) imported instead of the one
+      SchemaGen infers; `mtrank run --schema` overrides it.
+    drift: {feature: threshold}: the largest distance allowed between this
+      run's train statistics and the previous run's (L-infinity for
+      categorical features, Jensen-Shannon divergence for numeric ones).
+    skew: {feature: threshold}: the same distances between the train split
+      and the eval split, the most recent data and the closest to what
+      serving sees.
+    """
+
+    slices: List[List[str]] = dataclasses.field(default_factory=list)
+    min_slice_size: int = 200
+    schema: Optional[str] = None
+    drift: Dict[str, float] = dataclasses.field(default_factory=dict)
+    skew: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +418,10 @@ class Config:
     tasks: List[TaskConfig]
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
 
     def feature(self, name: str) -> FeatureConfig:
         for feature in self.features:
@@ -275,6 +434,12 @@ class Config:
         return [task.label_key for task in self.tasks]
 
     @property
+    def output_names(self) -> List[str]:
+        """Every served output: one per task, and P(task | parent) for ESMM tasks."""
+        names = [task.name for task in self.tasks]
+        return names + [t.conditional_output for t in self.tasks if t.depends_on]
+
+    @property
     def max_label_window_s(self) -> int:
         return max(task.label_window_s for task in self.tasks)
 
@@ -284,11 +449,16 @@ class Config:
         section, tabular ones no time `split` and no feedback fields."""
         raw = dataclasses.asdict(self)
         raw["tasks"] = [task.relevant_fields(self.input.format) for task in self.tasks]
+        raw["model"] = self.model.relevant_fields()
         if self.input.is_tabular:
             del raw["split"]
             raw["input"] = self.input.relevant_fields()
         else:
             del raw["input"]
+        if self.serving == ServingConfig():
+            del raw["serving"]
+        if self.validation == ValidationConfig():
+            del raw["validation"]
         return raw
 
     def to_json(self) -> str:
@@ -431,7 +601,85 @@ def _task_from_dict(raw: Dict[str, Any], where: str, input_format: str = "logs")
     _expect(task.loss_weight, (int, float), f"{where}.loss_weight")
     if task.loss_weight < 0:
         raise ConfigError(f"{where}.loss_weight: must be >= 0")
+    for field in ("condition", "depends_on"):
+        if getattr(task, field) is not None:
+            _expect(getattr(task, field), str, f"{where}.{field}")
     return task
+
+
+def _check_task_links(tasks: List[TaskConfig]) -> None:
+    """condition / depends_on name another binary task, without cycles, and
+    ESMM outputs do not clash with task names."""
+    by_name = {t.name: t for t in tasks}
+    for task in tasks:
+        where = f"tasks[{task.name}]"
+        if task.condition and task.depends_on:
+            raise ConfigError(f"{where}: set condition (a loss masked to the parent's positives) "
+                              "or depends_on (an ESMM product over all impressions), not both")
+        if not task.parent:
+            continue
+        field = f"{where}.{'condition' if task.condition else 'depends_on'}"
+        parent = by_name.get(task.parent)
+        if parent is None:
+            raise ConfigError(f"{field}: no task '{task.parent}'; tasks: {sorted(by_name)}")
+        if parent.type != "binary":
+            raise ConfigError(f"{field}: '{parent.name}' is a {parent.type} task; the parent "
+                              "must be binary (its label 1 marks the sub-population)")
+        if task.depends_on and task.type != "binary":
+            raise ConfigError(f"{field}: only a binary task can depend on another (its "
+                              "probability is the parent's times its own)")
+        chain = [task.name]
+        while by_name[chain[-1]].parent:
+            chain.append(by_name[chain[-1]].parent)
+            if chain[-1] == task.name:
+                raise ConfigError(f"{field}: cycle {' -> '.join(chain)}")
+        if task.conditional_output in by_name:
+            raise ConfigError(f"{field}: its output '{task.conditional_output}' (P({task.name} "
+                              f"| {task.depends_on})) clashes with the task of that name")
+
+
+def _model_from_dict(raw, tasks: List[TaskConfig], input_config: InputConfig) -> ModelConfig:
+    raw = {} if raw is None else raw
+    _check_fields(ModelConfig, raw, "model")
+    model = ModelConfig(**raw)
+    _one_of(model.architecture, ARCHITECTURES, "model.architecture")
+    _one_of(model.loss_weighting, LOSS_WEIGHTINGS, "model.loss_weighting")
+    _one_of(model.position_form, POSITION_FORMS, "model.position_form")
+    for field, (decider, choices) in _MODEL_FIELDS_APPLY_TO.items():
+        if field in raw and getattr(model, decider) not in choices:
+            raise ConfigError(f"model.{field}: applies to {decider} {' / '.join(choices)}, "
+                              f"not {getattr(model, decider)}")
+    for field in ("num_experts", "task_experts", "extraction_layers", "max_position"):
+        _positive(getattr(model, field), f"model.{field}")
+    if _expect(model.cross_layers, int, "model.cross_layers") < 0:
+        raise ConfigError(f"model.cross_layers: must be >= 0, got {model.cross_layers}")
+    if model.cross_projection_dim is not None:
+        _positive(model.cross_projection_dim, "model.cross_projection_dim")
+    if not 0 <= _expect(model.dropout, (int, float), "model.dropout") < 1:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {model.dropout}")
+    if _expect(model.gradnorm_alpha, (int, float), "model.gradnorm_alpha") < 0:
+        raise ConfigError(f"model.gradnorm_alpha: must be >= 0, got {model.gradnorm_alpha}")
+    _positive(model.dwa_temperature, "model.dwa_temperature", (int, float))
+    if model.loss_weighting != "fixed":
+        for task in tasks:
+            if task.loss_weight == 0:
+                raise ConfigError(f"tasks[{task.name}].loss_weight: must be > 0 with "
+                                  f"model.loss_weighting {model.loss_weighting} (it scales the "
+                                  "loss the weighting balances)")
+    by_name = {t.name: t for t in tasks}
+    for i, name in enumerate(_expect(model.position_tasks, list, "model.position_tasks")):
+        where = f"model.position_tasks[{i}]"
+        if _expect(name, str, where) not in by_name:
+            raise ConfigError(f"{where}: no task {name!r}; tasks: {sorted(by_name)}")
+        if by_name[name].type != "binary":
+            raise ConfigError(f"{where}: '{name}' is a regression task; a position tower "
+                              "models P(seen | position) for binary tasks")
+    if len(set(model.position_tasks)) != len(model.position_tasks):
+        raise ConfigError(f"model.position_tasks: repeated task in {model.position_tasks}")
+    if model.position_tasks and input_config.format != "logs":
+        raise ConfigError(f"model.position_tasks: {input_config.format} input has no "
+                          "'position'; position towers need logs input")
+    return model
 
 
 def _input_split_from_dict(raw, where: str) -> InputSplitConfig:
@@ -532,15 +780,93 @@ def _section(cls, raw, where: str):
                 _positive(unit, f"{where}.{field.name}[{i}]")
         elif field.name == "learning_rate":
             _positive(value, f"{where}.{field.name}", (int, float))
-        elif field.name in ("seed", "gpus"):
+        elif field.name in ("seed", "gpus", "warmup_steps"):
             _expect(value, int, f"{where}.{field.name}")
             if value < 0:
                 raise ConfigError(f"{where}.{field.name}: must be >= 0, got {value!r}")
-        elif field.name == "gpu_type":
+        elif field.name in ("gpu_type", "checkpoint_dir"):
             _expect(value, str, f"{where}.{field.name}")
+        elif field.name == "mixed_precision":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{field.name}: expected true or false, got {value!r}")
+        elif field.name == "lr_schedule":
+            _one_of(value, LR_SCHEDULES, f"{where}.{field.name}")
         else:
             _positive(value, f"{where}.{field.name}")
     return section
+
+
+def _serving_from_dict(raw, tasks: List[TaskConfig]) -> ServingConfig:
+    raw = {} if raw is None else raw
+    _check_fields(ServingConfig, raw, "serving")
+    score_raw = raw.get("score") or {}
+    _check_fields(ScoreConfig, score_raw, "serving.score")
+    score = ScoreConfig(**score_raw)
+    _one_of(score.form, SCORE_FORMS, "serving.score.form")
+    binary = [t.name for t in tasks if t.type == "binary"]
+    if score.weights is None:
+        if score.form == "weighted_product" and not binary:
+            raise ConfigError("serving.score: weighted_product needs probabilities and there is "
+                              "no binary task; set weights or form: weighted_sum")
+        return ServingConfig(score=score)
+    _expect(score.weights, dict, "serving.score.weights")
+    if not score.weights:
+        raise ConfigError("serving.score.weights: name at least one output")
+    regression = {t.name for t in tasks if t.type == "regression"}
+    for name, weight in score.weights.items():
+        where = f"serving.score.weights.{name}"
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(f"{where}: an output name must match {_NAME_RE.pattern}")
+        if _expect(weight, (int, float), where) < 0:
+            raise ConfigError(f"{where}: must be >= 0, got {weight!r}")
+        if score.form == "weighted_product" and name in regression:
+            raise ConfigError(f"{where}: task {name} is a regression; a weighted_product "
+                              "multiplies probabilities (use form: weighted_sum)")
+    if not any(score.weights.values()):
+        raise ConfigError("serving.score.weights: at least one weight must be > 0")
+    return ServingConfig(score=score)
+
+
+def _check_score_weights(config: Config) -> None:
+    weights = config.serving.score.weights or {}
+    for name in weights:
+        if name not in config.output_names:
+            raise ConfigError(f"serving.score.weights.{name}: not an output of the model; "
+                              f"outputs: {config.output_names}")
+
+
+def _validation_from_dict(raw, features: List[FeatureConfig],
+                          tasks: List[TaskConfig]) -> ValidationConfig:
+    if raw is None:
+        return ValidationConfig()
+    _check_fields(ValidationConfig, raw, "validation")
+    validation = ValidationConfig(**raw)
+    categorical = {f.name for f in features if f.kind == "categorical"}
+    for i, keys in enumerate(_expect(validation.slices, list, "validation.slices")):
+        where = f"validation.slices[{i}]"
+        if not _expect(keys, list, where):
+            raise ConfigError(f"{where}: name at least one feature (the overall slice is "
+                              "always evaluated)")
+        for key in keys:
+            if key not in categorical:
+                raise ConfigError(f"{where}: {key!r} is not a categorical feature; slices are "
+                                  f"taken by one of {sorted(categorical)}")
+    _positive(validation.min_slice_size, "validation.min_slice_size")
+    if validation.schema is not None:
+        _expect(validation.schema, str, "validation.schema")
+    checkable = {f.name for f in features} | {t.label_key for t in tasks}
+    for section in ("drift", "skew"):
+        for name, threshold in _expect(getattr(validation, section), dict,
+                                       f"validation.{section}").items():
+            where = f"validation.{section}.{name}"
+            if name not in checkable:
+                raise ConfigError(f"{where}: no feature or label named {name!r}; known: "
+                                  f"{sorted(checkable)}")
+            _positive(threshold, where, (int, float))
+            if threshold > 1:
+                raise ConfigError(f"{where}: a distance between distributions is at most 1, "
+                                  f"got {threshold!r}")
+    return validation
 
 
 def config_from_dict(raw: Dict[str, Any]) -> Config:
@@ -569,6 +895,7 @@ def config_from_dict(raw: Dict[str, Any]) -> Config:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"{kind} names must be unique; repeated: {duplicates}")
+    _check_task_links(tasks)
     clashes = sorted({f.name for f in features} & {t.label_key for t in tasks})
     if clashes:
         raise ConfigError(f"feature names clash with task label keys: {clashes}")
@@ -583,8 +910,14 @@ def config_from_dict(raw: Dict[str, Any]) -> Config:
         tasks=tasks,
         split=_section(SplitConfig, raw.get("split"), "split"),
         training=_section(TrainingConfig, raw.get("training"), "training"),
+        model=_model_from_dict(raw.get("model"), tasks, input_config),
         input=input_config,
+        serving=_serving_from_dict(raw.get("serving"), tasks),
+        validation=_validation_from_dict(raw.get("validation"), features, tasks),
     )
+    _check_score_weights(config)
+    if config.split.eval_percent >= 100:
+        raise ConfigError(f"split.eval_percent: must be below 100, got {config.split.eval_percent}")
     if config.input.format == "csv":
         _check_csv_columns(config)
     return config

@@ -188,6 +188,9 @@ def _set(path, value, delete=False):
     (("features", 5, "max_len"), -1, "features[tags].max_len"),
     (("tasks", 0, "label_window_s"), 0, "tasks[click].label_window_s"),
     (("split", "eval_days"), 0, "split.eval_days"),
+    (("split", "eval_percent"), 0, "split.eval_percent"),
+    (("split", "eval_percent"), 100, "split.eval_percent: must be below 100"),
+    (("split", "window_spans"), 0, "split.window_spans"),
     (("training", "train_steps"), -1, "training.train_steps"),
     (("training", "batch_size"), 0, "training.batch_size"),
     (("training", "learning_rate"), 0.0, "training.learning_rate"),
@@ -514,3 +517,197 @@ def test_shipped_census_config_is_valid():
     assert [f.name for f in config.features] == [
         c for c in config.input.column_names
         if c not in ("income_50k", "marital_stat", "instance_weight")]
+
+
+# --- model section, conditional and ESMM tasks --------------------------------
+
+
+def _with_purchase(**fields):
+    raw = _raw()
+    raw["tasks"].append({"name": "purchase", "feedback": "purchase", **fields})
+    return raw
+
+
+def test_model_defaults_and_round_trip_show_only_what_applies(tmp_path):
+    config = config_lib.config_from_dict(_raw())
+    assert config.model.architecture == "shared_bottom"
+    assert config.model.loss_weighting == "fixed" and config.model.position_tasks == []
+    raw = _raw()
+    raw["model"] = {"architecture": "ple", "extraction_layers": 3, "loss_weighting": "dwa",
+                    "dwa_temperature": 1.5, "position_tasks": ["click"], "dropout": 0.1}
+    config = config_lib.config_from_dict(raw)
+    shown = config.to_dict()["model"]
+    assert shown["extraction_layers"] == 3 and shown["dwa_temperature"] == 1.5
+    assert "gradnorm_alpha" not in shown
+    assert "gradnorm_alpha" not in config_lib.config_from_dict(_raw()).to_dict()["model"]
+    assert "num_experts" not in config_lib.config_from_dict(_raw()).to_dict()["model"]
+    path = tmp_path / "c.yaml"
+    config_lib.save_config(config, str(path))
+    assert config_lib.load_config(str(path)) == config
+
+
+def test_funnel_tasks_load_and_name_their_outputs():
+    config = config_lib.config_from_dict(_with_purchase(depends_on="click"))
+    assert config.output_names == ["click", "revenue", "purchase", "purchase_given_click"]
+    assert config.tasks[2].parent == "click"
+    assert config_lib.config_from_json(config.to_json()) == config
+    conditional = config_lib.config_from_dict(_with_purchase(condition="click"))
+    assert conditional.output_names == ["click", "revenue", "purchase"]
+    assert "condition" not in config.to_dict()["tasks"][2]
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"depends_on": "basket"}, "tasks[purchase].depends_on: no task 'basket'"),
+    ({"condition": "revenue"}, "tasks[purchase].condition: 'revenue' is a regression task"),
+    ({"depends_on": "purchase"}, "tasks[purchase].depends_on: cycle purchase -> purchase"),
+    ({"condition": "click", "depends_on": "click"}, "tasks[purchase]: set condition"),
+    ({"condition": 3}, "tasks[purchase].condition: expected str"),
+    ({"depends_on": "click", "type": "regression",
+      "eval": {"min_auc": None, "max_auc_drop": None, "max_mse": 1.0}},
+     "tasks[purchase].depends_on: only a binary task"),
+])
+def test_funnel_task_errors(fields, expected):
+    message = _error(_with_purchase(**fields))
+    assert expected in message, message
+
+
+def test_funnel_cycle_and_output_clash():
+    raw = _with_purchase(depends_on="click")
+    raw["tasks"][0]["condition"] = "purchase"
+    assert "tasks[click].condition: cycle click -> purchase -> click" in _error(raw)
+    raw = _with_purchase(depends_on="click")
+    raw["tasks"].append({"name": "purchase_given_click", "feedback": "x"})
+    assert "clashes with the task of that name" in _error(raw)
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({"architecture": "transformer"}, "model.architecture: must be one of"),
+    ({"loss_weighting": "magic"}, "model.loss_weighting: must be one of"),
+    ({"num_experts": 4}, "model.num_experts: applies to architecture mmoe / cgc / ple, not "
+                         "shared_bottom"),
+    ({"architecture": "cgc", "extraction_layers": 2}, "model.extraction_layers: applies to"),
+    ({"gradnorm_alpha": 1.0}, "model.gradnorm_alpha: applies to loss_weighting gradnorm"),
+    ({"architecture": "mmoe", "num_experts": 0}, "model.num_experts: must be > 0"),
+    ({"cross_layers": -1}, "model.cross_layers: must be >= 0"),
+    ({"cross_projection_dim": 0}, "model.cross_projection_dim: must be > 0"),
+    ({"dropout": 1.0}, "model.dropout: must be in [0, 1)"),
+    ({"dropout": "some"}, "model.dropout: expected"),
+    ({"loss_weighting": "dwa", "dwa_temperature": 0}, "model.dwa_temperature: must be > 0"),
+    ({"position_tasks": ["clicks"]}, "model.position_tasks[0]: no task 'clicks'"),
+    ({"position_tasks": ["revenue"]}, "model.position_tasks[0]: 'revenue' is a regression"),
+    ({"position_tasks": ["click", "click"]}, "model.position_tasks: repeated"),
+    ({"position_tasks": [{"name": "click"}]}, "model.position_tasks[0]: expected str"),
+    ({"position_tasks": "click"}, "model.position_tasks: expected list"),
+    ({"position_form": "sum"}, "model.position_form: must be one of"),
+    ({"max_position": 0}, "model.max_position: must be > 0"),
+    ({"expert_count": 3}, "model: unknown field(s) ['expert_count']"),
+])
+def test_model_errors_name_the_field(model, expected):
+    message = _error(_set(("model",), model))
+    assert expected in message, message
+
+
+def test_dynamic_weighting_needs_positive_loss_weights():
+    raw = _with_task(loss_weight=0.0)
+    raw["model"] = {"loss_weighting": "uncertainty"}
+    assert "tasks[click].loss_weight: must be > 0 with model.loss_weighting uncertainty" in (
+        _error(raw))
+
+
+def test_position_towers_need_logs_input():
+    raw = {"model_name": "m", "input": {"format": "tfrecord"},
+           "features": [{"name": "a", "kind": "numeric", "dtype": "float"}],
+           "tasks": [{"name": "t"}], "model": {"position_tasks": ["t"]}}
+    assert "model.position_tasks: tfrecord input has no 'position'" in _error(raw)
+
+
+def _with_validation(validation):
+    raw = _raw()
+    raw["validation"] = validation
+    return raw
+
+
+def test_validation_section_round_trips():
+    validation = {"slices": [["country"], ["country", "item_id"]], "min_slice_size": 50,
+                  "schema": "schemas/shop.pbtxt", "drift": {"country": 0.1, "price": 0.2},
+                  "skew": {"click_label": 0.05}}
+    config = config_lib.config_from_dict(_with_validation(validation))
+    assert config.validation == config_lib.ValidationConfig(**validation)
+    assert config_lib.config_from_json(config.to_json()) == config
+    # The default section is left out of the YAML a user edits.
+    assert "validation" not in config_lib.config_from_dict(_raw()).to_dict()
+
+
+@pytest.mark.parametrize("validation, expected", [
+    ({"slices": [["price"]]}, r"validation.slices\[0\]: 'price' is not a categorical feature"),
+    ({"slices": [[]]}, r"validation.slices\[0\]: name at least one feature"),
+    ({"slices": ["country"]}, r"validation.slices\[0\]: expected list"),
+    ({"min_slice_size": 0}, r"validation.min_slice_size: must be > 0"),
+    ({"drift": {"colour": 0.1}}, r"validation.drift.colour: no feature or label named 'colour'"),
+    ({"skew": {"country": 1.5}}, r"validation.skew.country: a distance between distributions"),
+    ({"skew": {"country": 0}}, r"validation.skew.country: must be > 0"),
+    ({"schema": 3}, r"validation.schema: expected str"),
+    ({"slice": [["country"]]}, r"validation: unknown field\(s\) \['slice'\]"),
+])
+def test_validation_errors_name_the_field(validation, expected):
+    with pytest.raises(ConfigError, match=expected):
+        config_lib.config_from_dict(_with_validation(validation))
+
+
+# --- serving section ------------------------------------------------------------
+
+
+def test_serving_score_defaults_and_round_trip():
+    config = config_lib.config_from_dict(_raw())
+    assert config.serving.score == config_lib.ScoreConfig("weighted_product", None)
+    assert "serving" not in config.to_dict()  # the default is not written out
+    raw = _raw()
+    raw["serving"] = {"score": {"form": "weighted_sum", "weights": {"click": 1.0,
+                                                                    "revenue": 0.5}}}
+    config = config_lib.config_from_dict(raw)
+    assert config.serving.score.weights == {"click": 1.0, "revenue": 0.5}
+    assert config_lib.config_from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize("score, expected", [
+    ({"form": "max"}, "serving.score.form: must be one of"),
+    ({"weights": {"click": -1}}, "serving.score.weights.click: must be >= 0"),
+    ({"weights": {"click": "high"}}, "serving.score.weights.click: expected"),
+    ({"weights": {"click": 0}}, "serving.score.weights: at least one weight must be > 0"),
+    ({"weights": {}}, "serving.score.weights: name at least one output"),
+    ({"weights": {"purchase": 1.0}}, "serving.score.weights.purchase: not an output"),
+    ({"weights": {"revenue": 1.0}}, "serving.score.weights.revenue: task revenue is a "
+                                    "regression"),
+    ({"bias": 1.0}, "serving.score: unknown field(s) ['bias']"),
+])
+def test_serving_score_errors_name_the_field(score, expected):
+    raw = _raw()
+    raw["serving"] = {"score": score}
+    assert expected in _error(raw)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("lr_schedule", "step", "training.lr_schedule: must be one of ['constant', 'cosine']"),
+    ("warmup_steps", -1, "training.warmup_steps: must be >= 0"),
+    ("warmup_steps", 1.5, "training.warmup_steps: expected int"),
+    ("mixed_precision", "yes", "training.mixed_precision: expected true or false"),
+    ("checkpoint_dir", 3, "training.checkpoint_dir: expected str"),
+])
+def test_training_schedule_precision_and_checkpoint_errors(field, value, expected):
+    raw = _raw()
+    raw["training"] = {field: value}
+    assert expected in _error(raw)
+
+
+def test_training_schedule_precision_and_checkpoint_round_trip():
+    raw = _raw()
+    raw["training"] = {"lr_schedule": "cosine", "warmup_steps": 100, "mixed_precision": True,
+                       "checkpoint_dir": "/tmp/ckpt"}
+    config = config_lib.config_from_dict(raw)
+    assert (config.training.lr_schedule, config.training.warmup_steps,
+            config.training.mixed_precision, config.training.checkpoint_dir) == (
+        "cosine", 100, True, "/tmp/ckpt")
+    assert config_lib.config_from_json(config.to_json()) == config
+    defaults = config_lib.config_from_dict(_raw()).training
+    assert (defaults.lr_schedule, defaults.warmup_steps, defaults.mixed_precision,
+            defaults.checkpoint_dir) == ("constant", 0, False, None)

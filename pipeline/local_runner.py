@@ -99,9 +99,13 @@ def _tfx_logs_as_progress(total: int, verbose: bool):
 
 def run(log_glob: str, work_dir: str, config: config_lib.Config,
         beam_pipeline_args: Optional[List[str]] = None, verbose: bool = False,
-        from_component: Optional[str] = None, to_component: Optional[str] = None) -> dict:
+        from_component: Optional[str] = None, to_component: Optional[str] = None,
+        span: int = -1, schema_file: Optional[str] = None) -> dict:
     """Runs the pipeline once on `log_glob` (logs, or the CSV / TFRecord
     files of `config.input.format`) and returns (and writes) its summary.
+    With daily partitions, `span` is the day to ingest (days since
+    1970-01-01), -1 the newest complete one. `schema_file` is a curated
+    schema to import (default: the config's validation.schema, else inferred).
 
     A failing component (bad data, a bug) still yields a summary of what ran,
     with the error under "error"; the caller decides the exit code.
@@ -118,6 +122,8 @@ def run(log_glob: str, work_dir: str, config: config_lib.Config,
         serving_model_dir=serving_model_dir(work_dir, config.model_name),
         metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=beam_pipeline_args or ["--direct_num_workers=1"],
+        span=span,
+        schema_file=os.path.abspath(schema_file) if schema_file else None,
     )
     since = 0
     if os.path.exists(metadata_path):
@@ -134,6 +140,7 @@ def run(log_glob: str, work_dir: str, config: config_lib.Config,
     summary = run_summary.collect(metadata_path, since, config, log_glob)
     summary["wall_s"]["total"] = round(time.time() - started, 1)
     summary["error"] = error
+    summary["data_anomalies"] = run_summary.data_anomalies(error)
     with open(os.path.join(work_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     return summary
