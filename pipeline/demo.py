@@ -30,7 +30,8 @@ def run_demo(work_dir: str, impressions: int, days: int, seed: int = 0) -> int:
         return 1
 
     model_base = local_runner.serving_model_dir(os.path.join(work_dir, "run"), config.model_name)
-    grpc_server, port = server.serve(model_base, model_name=config.model_name, port=0)
+    running = server.serve(model_base, model_name=config.model_name, port=0)
+    port = running.port
     try:
         # The last file can hold only late feedback; score the last day shown.
         last_day = next(path for path in sorted(glob.glob(log_glob), reverse=True)
@@ -39,7 +40,7 @@ def run_demo(work_dir: str, impressions: int, days: int, seed: int = 0) -> int:
         client.print_predictions(f"127.0.0.1:{port}", last_day, limit=8,
                                  model_name=config.model_name)
     finally:
-        grpc_server.stop(grace=None)
+        running.stop()
     print(f"\nsummary: {os.path.join(work_dir, 'run', local_runner.SUMMARY_FILE)}")
     print(f"serve it yourself: mtrank serve --model-base {model_base}")
     return 0

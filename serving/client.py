@@ -368,10 +368,12 @@ def predict_logs(target: str, logs_path: str, limit: Optional[int] = None,
 
 
 def format_predictions(rows: List[Row]) -> str:
-    """A plain-text table: request_id, item_id, then one column per output."""
+    """A plain-text table: request_id, item_id, then one column per output
+    (4 significant digits: a fused score, a product of probabilities, can be
+    far below 0.0001)."""
     tasks = sorted({task for _, _, scores in rows for task in scores})
     table = [["request_id", "item_id", *tasks]] + [
-        [request_id, item_id, *(f"{scores[t]:.4f}" if t in scores else "-" for t in tasks)]
+        [request_id, item_id, *(f"{scores[t]:.4g}" if t in scores else "-" for t in tasks)]
         for request_id, item_id, scores in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]

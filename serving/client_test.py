@@ -188,13 +188,14 @@ def test_print_predictions_prints_a_table(target, logs_path):
 
 
 def test_format_predictions_aligns_columns():
-    table = client.format_predictions([("r1", "a-long-item", {"click": 0.25}),
-                                       ("r22", "i", {"click": 0.5})])
+    table = client.format_predictions([("r1", "a-long-item", {"click": 0.25, "score": 3.5e-9}),
+                                       ("r22", "i", {"click": 0.123456, "score": 0.02})])
 
+    # Small scores keep their significant digits.
     assert table.splitlines() == [
-        "request_id  item_id      click",
-        "r1          a-long-item  0.2500",
-        "r22         i            0.5000",
+        "request_id  item_id      click   score",
+        "r1          a-long-item  0.25    3.5e-09",
+        "r22         i            0.1235  0.02",
     ]
 
 

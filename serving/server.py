@@ -508,14 +508,12 @@ def start(config: model_server_config_pb2.ModelServerConfig,
 
 
 def serve(model_base: str, model_name: str = "mtrank", host: str = DEFAULT_HOST,
-          port: int = DEFAULT_PORT, max_workers: int = DEFAULT_MAX_WORKERS
-          ) -> Tuple[grpc.Server, int]:
-    """Serves the newest version under `model_base` as `model_name`; returns
-    (started grpc.Server, bound port). Port 0 picks a free port. New versions
-    are picked up while it runs."""
-    running = start(server_config.single_model_config(model_name, model_base),
-                    ServerOptions(host=host, port=port, max_workers=max_workers))
-    return running.grpc_server, running.port
+          port: int = DEFAULT_PORT, max_workers: int = DEFAULT_MAX_WORKERS) -> RunningServer:
+    """Serves the newest version under `model_base` as `model_name`. Port 0
+    picks a free port (the result's `port`). New versions are picked up
+    while it runs; `stop()` ends serving and polling."""
+    return start(server_config.single_model_config(model_name, model_base),
+                 ServerOptions(host=host, port=port, max_workers=max_workers))
 
 
 def serve_forever(config: model_server_config_pb2.ModelServerConfig,

@@ -415,12 +415,13 @@ def test_health_is_serving(channel, service):
 
 
 def test_binds_loopback_by_default(model_base):
-    server, port = server_lib.serve(model_base, port=0)
+    running = server_lib.serve(model_base, port=0)
+    port = running.port
     try:
         listening = [c.laddr for c in psutil.Process().net_connections(kind="tcp")
                      if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
     finally:
-        server.stop(grace=None).wait()
+        running.stop()
 
     assert port > 0
     # gRPC may listen on a dual-stack socket, where IPv4 loopback is v4-mapped.
