@@ -237,6 +237,16 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
     result = JoinResult()
     impressions = _count_repeats_once(sorted(impressions, key=lambda i: (i.ts, i.line)), result)
     feedback = _count_repeats_once(sorted(feedback, key=lambda f: (f.ts, f.line)), result)
+    if not impressions:  # lookahead feedback then belongs to a later span
+        for event in feedback:
+            if span_start_ts is not None and (
+                    event.ts - span_start_ts) / MICROS <= _longest_window_s(config, event.type):
+                result.outcomes.append(FEEDBACK_PREVIOUS_SPAN)
+                continue
+            _dead(result, log_contract.ORPHAN_FEEDBACK,
+                  f"no impression with request_id={key[0]!r} item_id={key[1]!r}",
+                  event.line, event.source)
+        return result
     lookahead = sorted(lookahead_feedback, key=lambda f: (f.ts, f.line))
     if lookahead and len(feedback) + len(lookahead) > 1:
         # Repeats among the later partitions, or of this span's events, are
@@ -249,16 +259,6 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
                 counted_here.add(fingerprint)
                 unique_lookahead.append(event)
         lookahead = unique_lookahead
-    if not impressions:
-        for event in feedback:
-            if span_start_ts is not None and (
-                    event.ts - span_start_ts) / MICROS <= _longest_window_s(config, event.type):
-                result.outcomes.append(FEEDBACK_PREVIOUS_SPAN)
-                continue
-            _dead(result, log_contract.ORPHAN_FEEDBACK,
-                  f"no impression with request_id={key[0]!r} item_id={key[1]!r}",
-                  event.line, event.source)
-        return result
     kept, conflicting_ones = impressions[0], impressions[1:]
     for conflicting in conflicting_ones:
         _dead(result, log_contract.CONFLICTING_IMPRESSION,

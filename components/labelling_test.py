@@ -418,6 +418,37 @@ def test_example_bytes_parse_in_tensorflow_as_one_example():
     assert tf.train.Example.FromString(result.example_bytes) == result.example
 
 
+# --- join_group: one span and its lookahead ---------------------------------
+
+
+def test_lookahead_feedback_labels_but_is_counted_by_its_own_span():
+    own = _feedback(delay_s=5, line="own")
+    result = labelling.join_group(
+        CONFIG, [_impression()], [own],
+        lookahead_feedback=[_feedback(delay_s=5, line="own"),  # the same event again
+                            _feedback("purchase", delay_s=60, value=3.0, line="next-day"),
+                            _feedback(delay_s=-5, line="early")],
+        span_start_ts=T0)
+    assert _label(result, "revenue") == 3.0
+    assert sorted(result.outcomes) == sorted([
+        labelling.EXAMPLE, labelling.FEEDBACK_MERGED,
+        labelling.LOOKAHEAD_PREFIX + labelling.FEEDBACK_MERGED,
+        labelling.LOOKAHEAD_PREFIX + labelling.dead_letter_outcome(lc.FEEDBACK_BEFORE_IMPRESSION)])
+    assert result.dead_letters == []  # the later span dead-letters its own lines
+
+
+def test_without_an_impression_early_feedback_belongs_to_the_previous_span():
+    day_start = T0 + 60 * MICROS  # the span starts a minute after the impression
+    early = _feedback(delay_s=60 + CLICK_WINDOW_S - 1, line="early")
+    late = _feedback(delay_s=60 + CLICK_WINDOW_S + 1, line="late")
+    result = labelling.join_group(CONFIG, [], [early, late], ("r1", "i1"),
+                                  lookahead_feedback=[_feedback(delay_s=99999)],
+                                  span_start_ts=day_start)
+    assert sorted(result.outcomes) == sorted([
+        labelling.FEEDBACK_PREVIOUS_SPAN, labelling.dead_letter_outcome(lc.ORPHAN_FEEDBACK)])
+    assert [_note(d.line) for d in result.dead_letters] == ["late"]
+
+
 # --- conservation -----------------------------------------------------------
 
 
