@@ -100,14 +100,11 @@ class _ParseLine(_CountingDoFn):
         return beam.pvalue.TaggedOutput(_DEAD, dead_letter)
 
     def process(self, record: Union[Tuple[str, bytes], log_contract.DeadLetter]):
-        if self._lookahead:
-            self._counts[labelling.LOOKAHEAD_PREFIX + LINES_READ] += 1
-            if isinstance(record, log_contract.DeadLetter):
-                return
-        else:
-            self._counts[LINES_READ] += 1
+        self._counts[labelling.LOOKAHEAD_PREFIX + LINES_READ if self._lookahead
+                     else LINES_READ] += 1
         if isinstance(record, log_contract.DeadLetter):
-            yield self._dead(record)
+            if not self._lookahead:
+                yield self._dead(record)
             return
         source, raw = record
         # Decoded once here; bytes that are not UTF-8 go to the parser as they
@@ -125,7 +122,6 @@ class _ParseLine(_CountingDoFn):
             yield self._dead(event)
             return
         if not event.is_impression:
-            # Plain tuples: Beam encodes them compactly, without pickling.
             yield _keyed(event.key, _FEEDBACK, labelling.Feedback.of(event, line, source))
             return
         impression = self._to_impression(event, line, source)
