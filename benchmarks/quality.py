@@ -186,7 +186,10 @@ def with_model(config: config_lib.Config, architecture: str,
     """The config with `model.architecture` (and other model fields) set,
     keeping only `tasks` when given (a single-task baseline)."""
     raw = config.to_dict()
-    raw["model"] = {**raw.get("model", {}), "architecture": architecture, **model_fields}
+    # Through ModelConfig, so fields of the old architecture that do not apply
+    # to the new one (num_experts for shared_bottom) are dropped.
+    raw["model"] = dataclasses.replace(
+        config.model, architecture=architecture, **model_fields).relevant_fields()
     if tasks is not None:
         raw["tasks"] = [t for t in raw["tasks"] if t["name"] in tasks]
         if "position_tasks" in raw["model"]:
