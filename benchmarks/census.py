@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import sys
 import time
@@ -193,14 +192,7 @@ def main(argv=None) -> int:
         m for m in args.single_task.split(",") if m]
     result = run(args.data, args.config, models, args.work, single_task, args.rows)
     task_names = [t.name for t in config_lib.load_config(args.config).tasks]
-    print()
-    print(format_table(result, task_names))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result["aucs"], f, indent=2)
-        with open(os.path.splitext(args.out)[0] + ".details.json", "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    quality.report(result, format_table(result, task_names), args.out)
     return 0
 
 

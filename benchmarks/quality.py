@@ -216,3 +216,16 @@ def code_version() -> Dict[str, str]:
                               text=True).stdout.strip()
 
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def report(result: dict, table: str, out: Optional[str]) -> None:
+    """Prints the table; with `out`, writes {model: {task: auc}} there and
+    the whole result beside it (`<out>.details.json`)."""
+    print()
+    print(table)
+    if out:
+        with open(out, "w") as f:
+            json.dump(result["aucs"], f, indent=2)
+        with open(os.path.splitext(out)[0] + ".details.json", "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {out}")

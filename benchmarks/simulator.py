@@ -132,14 +132,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     result = run(args.work, args.impressions, args.days, models, args.seed)
-    print()
-    print(format_table(result))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result["aucs"], f, indent=2)
-        with open(os.path.splitext(args.out)[0] + ".details.json", "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    quality.report(result, format_table(result), args.out)
     return 0
 
 
