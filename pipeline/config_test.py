@@ -153,9 +153,10 @@ def test_validation_does_not_mutate_input():
 # --- errors name the field --------------------------------------------------
 
 
-def _set(path, value, delete=False):
-    """A valid raw config with `path` (a tuple of keys / indices) set or deleted."""
-    raw = _raw()
+def _set(path, value, delete=False, raw=None):
+    """A valid raw config (`raw`, default the logs one) with `path` (a tuple
+    of keys / indices) set or deleted."""
+    raw = _raw() if raw is None else raw
     node = raw
     for key in path[:-1]:
         node = node[key]
@@ -360,15 +361,7 @@ def _tabular():
 
 
 def _tabular_set(path, value, delete=False):
-    raw = _tabular()
-    node = raw
-    for key in path[:-1]:
-        node = node[key]
-    if delete:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-    return raw
+    return _set(path, value, delete, raw=_tabular())
 
 
 def test_logs_is_the_default_input_format():
