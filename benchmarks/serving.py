@@ -14,8 +14,10 @@ For every number of concurrent clients (threads, each sending its requests
 one after the other) and of candidates per request, three ways to score the
 same requests are measured in this one process run:
 
-  in-process      the SavedModel's serving_default called directly
-                  (tf.saved_model.load, one call per request)
+  in-process      the SavedModel's serving_default called directly, one
+                  call per request, the way the server runs it (a Session
+                  callable, serving/model_store.py) and with the same
+                  TensorFlow thread settings
   server          `mtrank serve` in a subprocess, over gRPC on 127.0.0.1,
                   Predict through the stock stubs, no batching
   server+batch    the same with --enable-batching and the shipped
@@ -208,11 +210,13 @@ def summarize(latencies: Sequence[float], wall: float) -> Dict[str, float]:
             "qps": len(latencies) / wall}
 
 
-def in_process_caller(fn, batches: Sequence[tf.Tensor]) -> Callable[[int], None]:
+def in_process_caller(loaded: model_store.LoadedModel, batches: Sequence[np.ndarray]
+                      ) -> Callable[[int], None]:
+    outputs = sorted(loaded.signature_defs[model_store.SERVING_SIGNATURE].outputs)
+
     def call(i):
-        outputs = fn(examples=batches[i % len(batches)])
-        for value in outputs.values():
-            value.numpy()
+        loaded.run(model_store.SERVING_SIGNATURE,
+                   {model_store.EXAMPLES_INPUT: batches[i % len(batches)]}, outputs)
     return call
 
 
@@ -238,7 +242,6 @@ def measure(model_base: str, clients: Sequence[int], candidates: Sequence[int],
     version = model_store.list_versions(model_base)[-1]
     loaded = model_store.load_version("bench", model_base, version)
     model_name = loaded.spec.model_name
-    fn = loaded.functions[model_store.SERVING_SIGNATURE]
     # As the server does after a load: a full collection walking the loaded
     # model would stall the client threads (and the in-process calls) for
     # 0.3 s at a time.
@@ -251,8 +254,8 @@ def measure(model_base: str, clients: Sequence[int], candidates: Sequence[int],
             servers[mode] = ServerProcess(model_base, model_name, batching=mode == "server+batch")
         for n in candidates:
             batches = [candidates_for(loaded.spec, n, seed) for seed in range(8)]
-            callers = {"in-process": in_process_caller(fn, [tf.constant(b, tf.string)
-                                                            for b in batches])}
+            callers = {"in-process": in_process_caller(
+                loaded, [np.array(b, dtype=object) for b in batches])}
             for mode, server in servers.items():
                 callers[mode] = server_caller(f"127.0.0.1:{server.port}", model_name, batches)
             for call in callers.values():
@@ -335,7 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     candidates = [int(c) for c in args.candidates.split(",")]
     # The in-process calls run with the thread pools `mtrank serve` uses, so
     # that the comparison is of serving, not of TensorFlow settings.
-    server_lib.set_tensorflow_threads(server_lib.DEFAULT_INTRA_OP_THREADS, 0)
+    server_lib.set_intra_op_threads(server_lib.DEFAULT_INTRA_OP_THREADS)
     work = args.work or tempfile.mkdtemp(prefix="mtrank-serving-bench-")
     try:
         if args.model_dir:

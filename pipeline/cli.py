@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads one op may use (0: TensorFlow picks; default 1, measured "
                         "fastest for ranking models, see docs/serving.md)")
     p.add_argument("--tensorflow-inter-op-parallelism", type=int, default=0,
-                   help="ops run at once (0: TensorFlow picks)")
+                   help="ops of one model call run at once (0: TensorFlow picks; "
+                        "negative: all in the thread of the call)")
     p.add_argument("--grace-seconds", type=float, default=10.0,
                    help="on SIGTERM, how long requests in flight may take to finish")
     p.set_defaults(func=cmd_serve)

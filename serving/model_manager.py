@@ -11,13 +11,15 @@ as a whole, so a request always runs on a loaded, warmed version, and one in
 flight on a dropped version completes on it.
 
 After versions are added or dropped, everything then alive is frozen out of
-Python's garbage collector (gc.freeze). A loaded SavedModel is hundreds of
-thousands of Python objects, and each full collection would otherwise walk
-them all holding the GIL (0.3 s on the demo's model), stalling every request
-in flight: at 32 clients with batching, p99 latency fell from about 330 ms to
-50 ms with the heap frozen, and the server's CPU time per request by a
-quarter (benchmarks/serving.py). Unfreezing first lets that collection free
-the versions just dropped.
+Python's garbage collector (gc.freeze). A server holds hundreds of thousands
+of Python objects (TensorFlow itself, and each loaded graph), and each full
+collection would otherwise walk them all holding the GIL (0.17 s with the
+demo's model loaded), stalling every request in flight: at 32 clients with
+batching, p99 latency fell from about 330 ms to 50 ms with the heap frozen,
+and the server's CPU time per request by a quarter (benchmarks/serving.py,
+measured when versions were loaded as eager objects, 0.3 s a collection).
+Unfreezing first lets that collection free the cycles the versions just
+dropped leave behind.
 
 A version that fails to load or warm is logged, reported by GetModelStatus,
 and not tried again until its files change; the policy then counts it out,
@@ -35,6 +37,7 @@ import threading
 from typing import Callable, Dict, List, Optional, Tuple
 
 import grpc
+import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -66,8 +69,10 @@ class ModelManager:
     """Loads, warms, publishes and drops versions (see the module docstring)."""
 
     def __init__(self, config: model_server_config_pb2.ModelServerConfig, warmup: WarmupFn,
-                 on_change: Optional[Callable[[str, int, bool], None]] = None):
+                 on_change: Optional[Callable[[str, int, bool], None]] = None,
+                 session_config: Optional[tf.compat.v1.ConfigProto] = None):
         self._models: Dict[str, _ModelState] = {}
+        self._session_config = session_config
         self._warmup = warmup
         self._on_change = on_change or (lambda model, available, failed: None)
         self._poll_lock = threading.Lock()  # one poll (or reload) at a time
@@ -185,7 +190,8 @@ class ModelManager:
               ) -> Optional[model_store.LoadedModel]:
         path = os.path.join(state.config.base_path, str(version))
         try:
-            loaded = model_store.load_version(name, state.config.base_path, version)
+            loaded = model_store.load_version(name, state.config.base_path, version,
+                                              self._session_config)
             self._warmup(loaded)
         except Exception as e:  # any broken version is skipped, whatever broke it
             message = f"{type(e).__name__}: {e}"

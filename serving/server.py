@@ -85,11 +85,14 @@ class ServerOptions:
     batching: None serves each request with its own model call.
     tls_cert / tls_key: PEM files; both set serves TLS only.
     metrics_port: serve Prometheus metrics over HTTP on this port (0: any free).
-    intra_op_threads / inter_op_threads: TensorFlow's thread pools, as TF
-      Serving's --tensorflow_intra_op_parallelism / _inter_op_ (0: TensorFlow
-      picks; None: as they are, for a server inside another program). They
-      can only be set before TensorFlow first runs in the process; `mtrank
-      serve` sets intra-op to DEFAULT_INTRA_OP_THREADS.
+    intra_op_threads: threads one op may use, as TF Serving's
+      --tensorflow_intra_op_parallelism (0: TensorFlow picks; None: as it
+      is, for a server inside another program). The pool is the process's
+      and can only be sized before TensorFlow first runs in it; `mtrank
+      serve` sets DEFAULT_INTRA_OP_THREADS.
+    inter_op_threads: ops the models' Sessions run at once, as TF Serving's
+      --tensorflow_inter_op_parallelism (0: TensorFlow picks; negative:
+      each call's ops run in the calling thread).
     """
 
     host: str = DEFAULT_HOST
@@ -105,26 +108,24 @@ class ServerOptions:
     metrics_port: Optional[int] = None
     grace_s: float = 10.0
     intra_op_threads: Optional[int] = None
-    inter_op_threads: Optional[int] = None
+    inter_op_threads: int = 0
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
 
 
-def set_tensorflow_threads(intra_op: Optional[int], inter_op: Optional[int]) -> None:
-    """Sizes TensorFlow's thread pools (None: leaves one as it is); once
-    TensorFlow has run, they stay as they are and a warning says so."""
+def set_intra_op_threads(threads: Optional[int]) -> None:
+    """Sizes TensorFlow's intra-op pool (None: leaves it as it is); once
+    TensorFlow has run, it stays as it is and a warning says so."""
+    if threads is None:
+        return
     try:
-        if intra_op is not None:
-            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-        if inter_op is not None:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
     except RuntimeError:
-        logger.warning("TensorFlow is already running in this process; its thread pools stay "
-                       "at intra-op %d, inter-op %d",
-                       tf.config.threading.get_intra_op_parallelism_threads(),
-                       tf.config.threading.get_inter_op_parallelism_threads())
+        logger.warning("TensorFlow is already running in this process; its intra-op pool "
+                       "keeps its size (%d)",
+                       tf.config.threading.get_intra_op_parallelism_threads())
 
 
 def _address(host: str, port: int) -> str:
@@ -164,7 +165,9 @@ class ModelServer:
         self.batcher = (batching.Batcher(options.batching, self.metrics.record_batch)
                         if options.batching else None)
         try:
-            self.manager = model_manager.ModelManager(config, self.warm_up, self._model_changed)
+            self.manager = model_manager.ModelManager(
+                config, self.warm_up, self._model_changed,
+                model_store.session_config(options.inter_op_threads))
         except BaseException:
             if self.batcher is not None:
                 self.batcher.stop()
@@ -494,7 +497,7 @@ class RunningServer:
 def start(config: model_server_config_pb2.ModelServerConfig,
           options: ServerOptions = ServerOptions()) -> RunningServer:
     """Loads the models (first versions synchronously) and starts serving."""
-    set_tensorflow_threads(options.intra_op_threads, options.inter_op_threads)
+    set_intra_op_threads(options.intra_op_threads)
     model_server = ModelServer(config, options)
     try:
         server = grpc.server(

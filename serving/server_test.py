@@ -842,18 +842,17 @@ def test_models_config_file_serves_several_models(model_base, tmp_path):
         running.stop(grace_s=None)
 
 
-def test_tensorflow_thread_pools_are_set_before_tensorflow_runs_and_kept_after():
+def test_intra_op_pool_is_set_before_tensorflow_runs_and_kept_after():
     code = ("from pipeline import keras_env\n"
             "import tensorflow as tf\n"
             "from serving import server\n"
-            "server.set_tensorflow_threads(1, 2)\n"
+            "server.set_intra_op_threads(1)\n"
             "tf.constant(1.0) + 1.0\n"
-            "server.set_tensorflow_threads(3, 4)\n"
-            "print(tf.config.threading.get_intra_op_parallelism_threads(),\n"
-            "      tf.config.threading.get_inter_op_parallelism_threads())\n")
+            "server.set_intra_op_threads(3)\n"
+            "print(tf.config.threading.get_intra_op_parallelism_threads())\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=120)
 
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["1", "2"]
-    assert "thread pools stay at intra-op 1, inter-op 2" in result.stderr
+    assert result.stdout.split() == ["1"]
+    assert "intra-op pool keeps its size (1)" in result.stderr

@@ -269,7 +269,7 @@ def test_score_formula_follows_the_config():
 def test_regress_and_classify_carry_tf_serving_method_names(config, instances, export):
     loaded, export_dir = export[0], export[4]
     from serving import model_store
-    defs = model_store._read_signature_defs(export_dir)
+    defs = model_store.SessionSignatures(export_dir, model_store.session_config()).signature_defs
     assert defs["regress"].method_name == "tensorflow/serving/regress"
     assert defs["classify"].method_name == "tensorflow/serving/classify"
     assert defs["serving_default"].method_name == "tensorflow/serving/predict"
