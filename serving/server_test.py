@@ -173,6 +173,18 @@ def test_scores_equal_the_newest_saved_model_called_in_process(prediction_stub, 
     assert not np.allclose(served["click"], older["click"])
 
 
+def test_negative_inter_op_setting_serves_the_same_scores(model_base):
+    serialized = varied_examples(6)
+    expected = in_process_scores(model_base, 2, serialized)
+    with testing_util.running_server(model_base, inter_op_threads=-1) as (_, target):
+        with grpc.insecure_channel(target) as channel:
+            served = scores(prediction_service_pb2_grpc.PredictionServiceStub(channel),
+                            serialized)
+
+    for task in expected:
+        np.testing.assert_array_equal(served[task], expected[task])
+
+
 def test_predict_raw_scores_like_serving_default(prediction_stub):
     from_examples = scores(prediction_stub, varied_examples(5))
     response = prediction_stub.Predict(raw_request(5), timeout=10)
