@@ -34,7 +34,8 @@ SPLIT_NAMES = ("train", "eval", "test")
 
 FEATURE_KINDS = ("categorical", "numeric", "multivalent")
 CATEGORICAL_ENCODINGS = ("hashing", "vocabulary")
-NUMERIC_TRANSFORMS = ("zscore", "log", "buckets", "piecewise_linear")
+NORMALIZATIONS = ("none", "batch", "layer")
+NUMERIC_TRANSFORMS = ("zscore", "log", "buckets", "piecewise_linear", "periodic")
 DTYPES = ("string", "int64", "float")
 TASK_TYPES = ("binary", "regression")
 # Model architectures by name (trainer/architectures.py registers one module each).
@@ -60,7 +61,10 @@ class FeatureConfig:
     transform: for numeric values: zscore, log (log1p then z-score),
       buckets (quantile buckets, embedded) or piecewise_linear (the
       piecewise-linear encoding over `num_buckets` quantile bins of Gorishniy
-      et al. 2022, then a ReLU layer of `embedding_dim` units).
+      et al. 2022, then a ReLU layer of `embedding_dim` units) or periodic
+      (z-scored, then sin and cos of `num_frequencies` learned frequencies
+      initialised from N(0, `frequency_scale`), then a ReLU layer of
+      `embedding_dim` units: their "PLR" embedding).
     max_len: multivalent lists are truncated to this many values.
     """
 
@@ -73,6 +77,8 @@ class FeatureConfig:
     embedding_dim: int = 8
     transform: str = "zscore"
     num_buckets: int = 10
+    num_frequencies: int = 16
+    frequency_scale: float = 1.0
     max_len: int = 8
 
     @property
@@ -90,6 +96,10 @@ class FeatureConfig:
             fields["transform"] = self.transform
             if self.transform in ("buckets", "piecewise_linear"):
                 fields.update(num_buckets=self.num_buckets, embedding_dim=self.embedding_dim)
+            if self.transform == "periodic":
+                fields.update(num_frequencies=self.num_frequencies,
+                              frequency_scale=self.frequency_scale,
+                              embedding_dim=self.embedding_dim)
             return fields
         fields["encoding"] = self.encoding
         if self.encoding == "hashing":
@@ -317,6 +327,8 @@ class ModelConfig:
     cross_layers: DCN-v2 cross layers on the embedded features before the
       bottom or the experts (`cross_projection_dim`: low-rank size, or full).
     dropout: after every hidden layer, in training only.
+    normalization: none, batch or layer normalisation of every hidden
+      layer's pre-activations (bottom, experts and towers).
     loss_weighting: fixed (tasks[].loss_weight), uncertainty (learned
       log-variances), gradnorm (balances gradient norms, `gradnorm_alpha`) or
       dwa (weights from the tasks' loss ratios over the last two epochs,
@@ -336,6 +348,7 @@ class ModelConfig:
     cross_layers: int = 0
     cross_projection_dim: Optional[int] = None
     dropout: float = 0.0
+    normalization: str = "none"
     loss_weighting: str = "fixed"
     gradnorm_alpha: float = 1.5
     dwa_temperature: float = 2.0
@@ -538,8 +551,10 @@ def _feature_from_dict(raw: Dict[str, Any], where: str) -> FeatureConfig:
     _one_of(feature.dtype, DTYPES, f"{where}.dtype")
     _one_of(feature.encoding, CATEGORICAL_ENCODINGS, f"{where}.encoding")
     _one_of(feature.transform, NUMERIC_TRANSFORMS, f"{where}.transform")
-    for field in ("hash_buckets", "vocab_size", "embedding_dim", "num_buckets", "max_len"):
+    for field in ("hash_buckets", "vocab_size", "embedding_dim", "num_buckets",
+                  "num_frequencies", "max_len"):
         _positive(getattr(feature, field), f"{where}.{field}")
+    _positive(feature.frequency_scale, f"{where}.frequency_scale", (int, float))
     if feature.kind == "numeric" and not feature.is_numeric_value:
         raise ConfigError(f"{where}: a numeric feature needs dtype int64 or float")
     if feature.kind == "multivalent" and feature.dtype == "float":
@@ -664,6 +679,7 @@ def _model_from_dict(raw, tasks: List[TaskConfig], input_config: InputConfig) ->
         _positive(model.cross_projection_dim, "model.cross_projection_dim")
     if not 0 <= _expect(model.dropout, (int, float), "model.dropout") < 1:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {model.dropout}")
+    _one_of(model.normalization, NORMALIZATIONS, "model.normalization")
     if _expect(model.gradnorm_alpha, (int, float), "model.gradnorm_alpha") < 0:
         raise ConfigError(f"model.gradnorm_alpha: must be >= 0, got {model.gradnorm_alpha}")
     _positive(model.dwa_temperature, "model.dwa_temperature", (int, float))

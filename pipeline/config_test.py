@@ -527,10 +527,12 @@ def test_model_defaults_and_round_trip_show_only_what_applies(tmp_path):
     assert config.model.loss_weighting == "fixed" and config.model.position_tasks == []
     raw = _raw()
     raw["model"] = {"architecture": "ple", "extraction_layers": 3, "loss_weighting": "dwa",
-                    "dwa_temperature": 1.5, "position_tasks": ["click"], "dropout": 0.1}
+                    "dwa_temperature": 1.5, "position_tasks": ["click"], "dropout": 0.1,
+                    "normalization": "layer"}
     config = config_lib.config_from_dict(raw)
     shown = config.to_dict()["model"]
     assert shown["extraction_layers"] == 3 and shown["dwa_temperature"] == 1.5
+    assert shown["normalization"] == "layer"
     assert "gradnorm_alpha" not in shown
     assert "gradnorm_alpha" not in config_lib.config_from_dict(_raw()).to_dict()["model"]
     assert "num_experts" not in config_lib.config_from_dict(_raw()).to_dict()["model"]
@@ -585,6 +587,7 @@ def test_funnel_cycle_and_output_clash():
     ({"cross_projection_dim": 0}, "model.cross_projection_dim: must be > 0"),
     ({"dropout": 1.0}, "model.dropout: must be in [0, 1)"),
     ({"dropout": "some"}, "model.dropout: expected"),
+    ({"normalization": "group"}, "model.normalization: must be one of"),
     ({"loss_weighting": "dwa", "dwa_temperature": 0}, "model.dwa_temperature: must be > 0"),
     ({"position_tasks": ["clicks"]}, "model.position_tasks[0]: no task 'clicks'"),
     ({"position_tasks": ["revenue"]}, "model.position_tasks[0]: 'revenue' is a regression"),
@@ -701,6 +704,23 @@ def test_piecewise_linear_feature_keeps_its_bins_and_width():
         "piecewise_linear", 24, 6)
     assert "features[price].num_buckets" in _error(_with_feature(
         transform="piecewise_linear", num_buckets=0))
+
+
+def test_periodic_feature_keeps_its_frequencies_and_width():
+    raw = _with_feature(transform="periodic", num_frequencies=12, frequency_scale=0.5,
+                        embedding_dim=6)
+    fields = config_lib.config_from_dict(raw).feature("price").relevant_fields()
+    assert (fields["transform"], fields["num_frequencies"], fields["frequency_scale"],
+            fields["embedding_dim"]) == ("periodic", 12, 0.5, 6)
+    assert "num_buckets" not in fields
+    assert "num_frequencies" not in config_lib.config_from_dict(
+        _with_feature(transform="zscore")).feature("price").relevant_fields()
+    assert "features[price].num_frequencies: must be > 0" in _error(_with_feature(
+        transform="periodic", num_frequencies=0))
+    assert "features[price].frequency_scale: must be > 0" in _error(_with_feature(
+        transform="periodic", frequency_scale=0.0))
+    assert "features[price].frequency_scale: expected int/float" in _error(_with_feature(
+        transform="periodic", frequency_scale="wide"))
 
 
 def test_training_schedule_precision_and_checkpoint_round_trip():

@@ -22,20 +22,21 @@ Builder = Callable[[config_lib.Config], tf.keras.layers.Layer]
 
 def _shared_bottom(config: config_lib.Config) -> tf.keras.layers.Layer:
     return SharedBottom([t.name for t in config.tasks], config.training.bottom_units,
-                        config.training.seed, config.model.dropout, name="shared_bottom")
+                        config.training.seed, config.model.dropout, config.model.normalization,
+                        name="shared_bottom")
 
 
 def _mmoe(config: config_lib.Config) -> tf.keras.layers.Layer:
     return MMoE([t.name for t in config.tasks], config.model.num_experts,
                 config.training.bottom_units, config.training.seed, config.model.dropout,
-                name="mmoe")
+                config.model.normalization, name="mmoe")
 
 
 def _ple(config: config_lib.Config, extraction_layers: int) -> tf.keras.layers.Layer:
     model = config.model
     return PLE([t.name for t in config.tasks], extraction_layers, model.num_experts,
                model.task_experts, config.training.bottom_units, config.training.seed,
-               model.dropout, name=config.model.architecture)
+               model.dropout, model.normalization, name=config.model.architecture)
 
 
 ARCHITECTURES: Dict[str, Builder] = {

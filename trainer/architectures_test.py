@@ -19,6 +19,8 @@ def test_registry_names_are_the_configs():
     {"architecture": "mmoe", "num_experts": 3},
     {"architecture": "cgc", "num_experts": 2, "task_experts": 1},
     {"architecture": "ple", "num_experts": 2, "task_experts": 1, "extraction_layers": 2},
+    {"architecture": "mmoe", "num_experts": 2, "normalization": "layer"},
+    {"architecture": "ple", "num_experts": 1, "extraction_layers": 2, "normalization": "batch"},
 ])
 def test_architecture_trains_in_the_model(model_section):
     tf.keras.utils.set_random_seed(0)
@@ -32,6 +34,15 @@ def test_architecture_trains_in_the_model(model_section):
     assert model.body.shared_variables
     if "cross_layers" in model_section:
         assert len(model.cross.crosses) == 2
+    if "normalization" in model_section:
+        # Every hidden layer of the body and the towers is normalised.
+        norm = {"layer": tf.keras.layers.LayerNormalization,
+                "batch": tf.keras.layers.BatchNormalization}[model_section["normalization"]]
+        for part in [model.body, *model.towers.values()]:
+            layers = part.submodules
+            assert any(isinstance(x, norm) for x in layers), part.name
+            assert not any(isinstance(x, tf.keras.layers.Dense)
+                           and x.activation is tf.keras.activations.relu for x in layers)
     before = float(model.compute_loss((features, labels)))
     for _ in range(5):
         logs = model.train_step((features, labels))

@@ -14,9 +14,10 @@ class ExpertGroup(tf.keras.layers.Layer):
     stacks them as [batch, num_experts, units[-1]]."""
 
     def __init__(self, num_experts: int, units: Sequence[int], seed: int, dropout: float = 0.0,
-                 **kwargs):
+                 normalization: str = "none", **kwargs):
         super().__init__(**kwargs)
-        self.experts = [mlp(units, f"{self.name}_{i}", seed, dropout) for i in range(num_experts)]
+        self.experts = [mlp(units, f"{self.name}_{i}", seed, dropout, normalization)
+                        for i in range(num_experts)]
 
     def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
         return tf.stack([expert(x, training=training) for expert in self.experts], axis=1)

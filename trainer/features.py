@@ -25,6 +25,11 @@ def is_embedded(feature: config_lib.FeatureConfig) -> bool:
     return feature.kind != "numeric" or feature.transform == "buckets"
 
 
+def is_periodic(feature: config_lib.FeatureConfig) -> bool:
+    """A z-scored number the model embeds through learned sin / cos."""
+    return feature.kind == "numeric" and feature.transform == "periodic"
+
+
 def is_piecewise_linear(feature: config_lib.FeatureConfig) -> bool:
     """Transformed to a [batch, num_buckets] encoding (not one value)."""
     return feature.kind == "numeric" and feature.transform == "piecewise_linear"

@@ -8,15 +8,31 @@ import tensorflow as tf
 from trainer.seeds import layer_seed
 
 
-def mlp(units: Sequence[int], name: str, seed: int, dropout: float = 0.0) -> tf.keras.Sequential:
+# The normalisations model.normalization offers, by name.
+NORMALIZATIONS = {
+    "batch": tf.keras.layers.BatchNormalization,
+    "layer": tf.keras.layers.LayerNormalization,
+}
+
+
+def mlp(units: Sequence[int], name: str, seed: int, dropout: float = 0.0,
+        normalization: str = "none") -> tf.keras.Sequential:
     """ReLU layers of `units`, each followed by dropout (active only when
-    called with training=True) when `dropout` > 0."""
+    called with training=True) when `dropout` > 0. With `normalization`
+    batch or layer, each layer is Dense -> normalisation -> ReLU (the
+    normalisation before the ReLU, so that it centres the pre-activations)."""
+    if normalization != "none" and normalization not in NORMALIZATIONS:
+        raise ValueError(f"{name}: normalization must be none, batch or layer, "
+                         f"got {normalization!r}")
     layers = []
     for i, width in enumerate(units):
         layers.append(tf.keras.layers.Dense(
-            width, activation="relu", name=f"{name}_{i}",
+            width, activation="relu" if normalization == "none" else None, name=f"{name}_{i}",
             kernel_initializer=tf.keras.initializers.GlorotUniform(
                 seed=layer_seed(seed, f"{name}_{i}"))))
+        if normalization != "none":
+            layers.append(NORMALIZATIONS[normalization](name=f"{name}_{i}_{normalization}_norm"))
+            layers.append(tf.keras.layers.ReLU(name=f"{name}_{i}_relu"))
         if dropout:
             layers.append(tf.keras.layers.Dropout(
                 dropout, seed=layer_seed(seed, f"{name}_{i}_dropout"), name=f"{name}_{i}_dropout"))

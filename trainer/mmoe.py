@@ -11,9 +11,11 @@ from trainer.experts import ExpertGroup, Gate
 
 class MMoE(tf.keras.layers.Layer):
     def __init__(self, task_names: Sequence[str], num_experts: int, units: Sequence[int],
-                 seed: int, dropout: float = 0.0, **kwargs):
+                 seed: int, dropout: float = 0.0, normalization: str = "none",
+                 **kwargs):
         super().__init__(**kwargs)
-        self.experts = ExpertGroup(num_experts, units, seed, dropout, name="mmoe_expert")
+        self.experts = ExpertGroup(num_experts, units, seed, dropout, normalization,
+                                   name="mmoe_expert")
         self.gates = {name: Gate(num_experts, seed, name=f"{name}_gate") for name in task_names}
 
     def call(self, x: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:

@@ -83,7 +83,8 @@ class MultiTaskRankingModel(tfrs.Model):
         self.cross = (CrossStack(model.cross_layers, model.cross_projection_dim, seed, name="cross")
                       if model.cross_layers else None)
         self.body = build_body(config)
-        self.towers = {t.name: task_tower(t.name, config.training.tower_units, seed, model.dropout)
+        self.towers = {t.name: task_tower(t.name, config.training.tower_units, seed, model.dropout,
+                                          model.normalization)
                        for t in self._config_tasks}
         self.position_towers = {
             name: PositionTower(model.max_position, model.position_form, name=f"{name}_position")

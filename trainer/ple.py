@@ -25,12 +25,12 @@ class ExtractionLayer(tf.keras.layers.Layer):
 
     def __init__(self, task_names: Sequence[str], shared_experts: int, task_experts: int,
                  units: Sequence[int], seed: int, dropout: float = 0.0,
-                 last: bool = True, **kwargs):
+                 normalization: str = "none", last: bool = True, **kwargs):
         super().__init__(**kwargs)
         level = self.name
-        self.shared_experts = ExpertGroup(shared_experts, units, seed, dropout,
+        self.shared_experts = ExpertGroup(shared_experts, units, seed, dropout, normalization,
                                           name=f"{level}_shared_expert")
-        self.task_experts = {t: ExpertGroup(task_experts, units, seed, dropout,
+        self.task_experts = {t: ExpertGroup(task_experts, units, seed, dropout, normalization,
                                             name=f"{level}_{t}_expert") for t in task_names}
         self.task_gates = {t: Gate(task_experts + shared_experts, seed, name=f"{level}_{t}_gate")
                            for t in task_names}
@@ -51,11 +51,12 @@ class ExtractionLayer(tf.keras.layers.Layer):
 class PLE(tf.keras.layers.Layer):
     def __init__(self, task_names: Sequence[str], extraction_layers: int, shared_experts: int,
                  task_experts: int, units: Sequence[int], seed: int, dropout: float = 0.0,
-                 **kwargs):
+                 normalization: str = "none", **kwargs):
         super().__init__(**kwargs)
         self._task_names = list(task_names)
         self.levels = [
             ExtractionLayer(task_names, shared_experts, task_experts, units, seed, dropout,
+                            normalization,
                             last=i == extraction_layers - 1, name=f"ple{i}")
             for i in range(extraction_layers)]
 

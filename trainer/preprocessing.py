@@ -89,6 +89,7 @@ def _numeric(x: tf.Tensor, feature: config_lib.FeatureConfig) -> tf.Tensor:
         return _piecewise_linear(x, feature)
     if feature.transform == "log":
         x = tf.math.log1p(tf.maximum(x, 0.0))
+    # zscore, log and periodic (whose sin / cos embedding is in the model).
     return tft.scale_to_z_score(x)
 
 

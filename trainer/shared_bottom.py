@@ -10,10 +10,10 @@ from trainer.mlp import last_kernel, mlp
 
 class SharedBottom(tf.keras.layers.Layer):
     def __init__(self, task_names: Sequence[str], units: Sequence[int], seed: int,
-                 dropout: float = 0.0, **kwargs):
+                 dropout: float = 0.0, normalization: str = "none", **kwargs):
         super().__init__(**kwargs)
         self._task_names = list(task_names)
-        self.bottom = mlp(units, "shared_bottom", seed, dropout)
+        self.bottom = mlp(units, "shared_bottom", seed, dropout, normalization)
 
     def call(self, x: tf.Tensor, training=None) -> Dict[str, tf.Tensor]:
         shared = self.bottom(x, training=training)
