@@ -239,7 +239,7 @@ class SessionSignatures:
     callable runs the same graph with far less Python around each call. On
     the demo's model, 1 example: 0.66-0.69 ms a call back to back against
     0.85-1.14 ms eager; and through the server at 32 clients with batching,
-    about 1,650 requests/s against 1,160 (docs/serving.md).
+    1,394-1,638 requests/s against 1,036-1,089 (docs/serving.md).
 
     A callable is made per (signature, inputs, outputs) asked for, through
     the Session's CallableOptions (as TF Serving's RunCallable): Session.run
@@ -303,9 +303,12 @@ class LoadedModel:
     version: int
     path: str
     spec: ServingSpec
-    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
     signatures: SessionSignatures
     batch_check: BatchCheck
+
+    @property
+    def signature_defs(self) -> Mapping[str, meta_graph_pb2.SignatureDef]:
+        return self.signatures.signature_defs
 
     def run(self, signature: str, inputs: Mapping[str, np.ndarray],
             output_keys: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -327,11 +330,8 @@ def load_version(name: str, model_base: str, version: int,
         raise ValueError(
             f"{path}: signature '{SERVING_SIGNATURE}' with input '{EXAMPLES_INPUT}' is required"
         )
-    return LoadedModel(
-        name=name, version=version, path=path, spec=spec,
-        signature_defs=signatures.signature_defs, signatures=signatures,
-        batch_check=BatchCheck(spec),
-    )
+    return LoadedModel(name=name, version=version, path=path, spec=spec,
+                       signatures=signatures, batch_check=BatchCheck(spec))
 
 
 def version_fingerprint(version_dir: str) -> Tuple[Tuple[str, int, int], ...]:
