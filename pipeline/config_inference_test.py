@@ -77,6 +77,11 @@ def test_model_name(inferred):
     assert inferred.model_name == "inferred"
 
 
+def test_model_is_the_best_measured_on_simulated_logs(inferred):
+    assert inferred.model.architecture == "ple"
+    assert inferred.model.cross_layers == 2
+
+
 def test_feature_set(inferred):
     names = [f.name for f in inferred.features]
     assert names[:2] == ["user_id", "item_id"]
