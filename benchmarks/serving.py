@@ -30,8 +30,9 @@ as the client sees it, over all rounds; QPS is the requests over the time
 spent in that way's bursts. A burst gives every client at least
 MIN_CALLS_PER_CLIENT calls: in shorter ones, the start and end of the burst,
 when fewer clients are in flight, weigh on the result (32 clients with
-batching, 6 calls a client: 1,332 requests/s; 19: 1,601-1,773). Prints a Markdown table, then the two goals: the
-p50 overhead of the server over in-process at 1 client and 1 candidate
+batching, 6 calls a client: 1,332 requests/s; 19: 1,601-1,773). Prints a
+Markdown table, then the two goals: the p50 overhead of the server over
+in-process at 1 client and 1 candidate
 (goal <= 1 ms) and the QPS of batching over no batching at 32 clients (goal
 >= 3x). The clients share the machine with the server: on 2 cores, the
 client threads' own gRPC work is part of what is measured.
@@ -244,7 +245,10 @@ def server_caller(target: str, model_name: str, batches: Sequence[List[bytes]]
 def measure(model_base: str, clients: Sequence[int], candidates: Sequence[int],
             requests: int, rounds: int) -> List[dict]:
     version = model_store.list_versions(model_base)[-1]
-    loaded = model_store.load_version("bench", model_base, version)
+    # The Session settings a server gives its models by default, as `mtrank serve`.
+    loaded = model_store.load_version(
+        "bench", model_base, version,
+        model_store.session_config(server_lib.ServerOptions().inter_op_threads))
     model_name = loaded.spec.model_name
     # As the server does after a load: a full collection walking the loaded
     # model would stall the client threads (and the in-process calls) for
