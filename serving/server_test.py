@@ -692,6 +692,36 @@ def test_full_batch_queue_answers_resource_exhausted_at_once(model_base, monkeyp
     assert codes == ["OK", "OK", "RESOURCE_EXHAUSTED"]
 
 
+def test_request_whose_deadline_passes_in_the_queue_leaves_its_batch(model_base, monkeypatch):
+    batching = server_config.BatchingParameters(max_batch_size=64, batch_timeout_micros=0,
+                                                num_batch_threads=1)
+    started, release = threading.Event(), threading.Event()
+    run_sizes = []
+    run = model_store.LoadedModel.run
+
+    def blocking_run(self, signature, inputs, output_keys):
+        run_sizes.append(len(inputs["examples"]))
+        started.set()
+        release.wait(30)
+        return run(self, signature, inputs, output_keys)
+
+    with testing_util.running_server(model_base, batching=batching) as (running, target):
+        monkeypatch.setattr(model_store.LoadedModel, "run", blocking_run)
+        with grpc.insecure_channel(target) as ch:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+            first = stub.Predict.future(predict_request(varied_examples(1)), timeout=30)
+            assert started.wait(30)
+            with pytest.raises(grpc.RpcError) as raised:  # queued behind the blocked call
+                stub.Predict(predict_request(varied_examples(5)), timeout=0.5)
+            release.set()
+            first.result(timeout=30)
+            after = stub.Predict(predict_request(varied_examples(3)), timeout=30)
+
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert after.outputs["score"].tensor_shape.dim[0].size == 3
+    assert run_sizes == [1, 3], "the expired request of 5 examples still ran"
+
+
 # Operations: metrics, TLS, reload over gRPC, config files, shutdown.
 
 def test_metrics_endpoint_counts_requests_and_latency(model_base):
