@@ -17,7 +17,8 @@ same requests are measured in this one process run:
   in-process      the SavedModel's serving_default called directly, one
                   call per request, the way the server runs it (a Session
                   callable, serving/model_store.py) and with the same
-                  TensorFlow thread settings
+                  TensorFlow thread settings, but without the server's
+                  check of the Examples: the model alone
   server          `mtrank serve` in a subprocess, over gRPC on 127.0.0.1,
                   Predict through the stock stubs, no batching
   server+batch    the same with --enable-batching and the shipped
@@ -221,7 +222,8 @@ def in_process_caller(loaded: model_store.LoadedModel, batches: Sequence[np.ndar
 
     def call(i):
         loaded.run(model_store.SERVING_SIGNATURE,
-                   {model_store.EXAMPLES_INPUT: batches[i % len(batches)]}, outputs)
+                   {model_store.EXAMPLES_INPUT: batches[i % len(batches)]}, outputs,
+                   check_examples=False)
     return call
 
 

@@ -27,6 +27,9 @@ from tensorflow_serving.apis import input_pb2
 
 SERVING_SIGNATURE = "serving_default"
 EXAMPLES_INPUT = "examples"
+# Inputs that carry serialized tf.Examples: serving_default / transform_features
+# name it `examples`, TF Serving's classify and regress `inputs`.
+EXAMPLE_INPUTS = frozenset({EXAMPLES_INPUT, "inputs"})
 SPEC_PATH = os.path.join("assets.extra", "mtrank_serving_spec.json")
 
 DTYPES = ("string", "int64", "float")
@@ -41,6 +44,11 @@ warnings.filterwarnings("ignore", message="Unexpected end-group tag", category=R
 
 class ExampleError(ValueError):
     """An example that does not fit the model's features; the message says why."""
+
+
+class ExamplesNeedConforming(ValueError):
+    """A batch holds an Example that ServingSpec.conform would change (or
+    refuse): the model's outputs for it are not to be used."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,49 +161,36 @@ class ServingSpec:
 _KINDS = {"string": "bytes_list", "int64": "int64_list", "float": "float_list"}
 
 
-class BatchCheck:
-    """Whether a whole batch of serialized Examples can go to the model as it
-    is, decided with two calls instead of one Python parse per Example.
+def parse_strictly(serialized: Sequence[bytes]) -> bool:
+    """Whether every element is one whole serialized Example, by the C++
+    protobuf parser in one call (as one ExampleList message). TensorFlow's
+    own Example parser is laxer: it read 2% of a sample of corrupted Examples
+    that this refuses."""
+    wire = b"".join(_EXAMPLE_LIST_TAG + _varint(len(x)) + x for x in serialized)
+    try:
+        return input_pb2.ExampleList().ParseFromString(wire) == len(wire)
+    except DecodeError:
+        return False
 
-    True only when ServingSpec.conform would accept every Example without a
-    change the model could see: each parses strictly (as one ExampleList
-    message, with the same C++ parser), TensorFlow parses the batch with the
-    declared dtypes (so no feature has the other numeric kind or the wrong
-    kind), and no scalar has several values. Otherwise the caller conforms
-    each Example, which converts or names what is wrong. Features the model
-    does not read stay in the bytes; the model ignores them as conform would
-    drop them.
+
+def examples_fit(serialized: tf.Tensor, spec: ServingSpec) -> tf.Tensor:
+    """Ops deciding whether a batch of strictly parsed Examples can go to the
+    model as it is: True when ServingSpec.conform would make no change the
+    model could see. TensorFlow parses them with the declared dtypes (a
+    feature of the other numeric kind, or the wrong kind, fails the run with
+    InvalidArgumentError) and the result is False if a scalar has several
+    values. Features the model does not read stay in the bytes; the model
+    ignores them as conform would drop them.
     """
-
-    def __init__(self, spec: ServingSpec):
-        parse_spec = {name: tf.io.VarLenFeature(_TF_DTYPES[feature.dtype])
-                      for name, feature in spec.features.items()}
-        scalars = [name for name, feature in spec.features.items() if feature.shape == "scalar"]
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def fits(serialized):
-            parsed = tf.io.parse_example(serialized, parse_spec)
-            size = tf.shape(serialized)[0]
-            single = [tf.reduce_all(tf.math.bincount(
-                tf.cast(parsed[name].indices[:, 0], tf.int32), minlength=size,
-                maxlength=size) <= 1) for name in scalars]
-            return tf.reduce_all(tf.stack(single)) if single else tf.constant(True)
-
-        self._fits = fits
-        fits(tf.constant([b""]))  # traced now, not on the first large request
-
-    def __call__(self, serialized: Sequence[bytes]) -> bool:
-        wire = b"".join(_EXAMPLE_LIST_TAG + _varint(len(x)) + x for x in serialized)
-        try:
-            if input_pb2.ExampleList().ParseFromString(wire) != len(wire):
-                return False
-        except DecodeError:
-            return False
-        try:
-            return bool(self._fits(tf.constant(list(serialized), dtype=tf.string)))
-        except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
-            # TensorFlow quotes the bad bytes in its message, which need not be UTF-8.
-            return False
+    parse_spec = {name: tf.io.VarLenFeature(_TF_DTYPES[feature.dtype])
+                  for name, feature in spec.features.items()}
+    scalars = [name for name, feature in spec.features.items() if feature.shape == "scalar"]
+    parsed = tf.io.parse_example(serialized, parse_spec)
+    size = tf.shape(serialized)[0]
+    single = [tf.reduce_all(tf.math.bincount(
+        tf.cast(parsed[name].indices[:, 0], tf.int32), minlength=size,
+        maxlength=size) <= 1) for name in scalars]
+    return tf.reduce_all(tf.stack(single)) if single else tf.constant(True)
 
 
 _TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
@@ -246,9 +241,16 @@ class SessionSignatures:
     and make_callable with feeds re-resolve the feeds in Python on every call,
     which cost 0.1-0.4 ms more a call here. Callables are safe to call from
     many threads at once.
+
+    A signature that takes serialized Examples also computes `examples_fit`
+    on them, in the same call, and `run` raises ExamplesNeedConforming when
+    it is False. Checking each Example in Python first cost more than the
+    model: in process, on the demo's model, a request of 64 candidates took
+    3.3 ms checked in Python (1 candidate: 1.04 ms), 2.4 ms checked in the
+    graph (0.93 ms), of which the model alone takes 1.7 ms (0.71 ms).
     """
 
-    def __init__(self, path: str, config: tf.compat.v1.ConfigProto):
+    def __init__(self, path: str, config: tf.compat.v1.ConfigProto, spec: ServingSpec):
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=config)
         # The TF1 loader is marked deprecated in favour of the eager one,
@@ -260,26 +262,43 @@ class SessionSignatures:
         self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {
             key: value for key, value in meta_graph.signature_def.items()
             if not key.startswith("__")}
+        # Built now, before any request, so that the graph never changes while
+        # it runs. Signature -> the name of its examples_fit tensor.
+        self._checks: Dict[str, str] = {}
+        with self._graph.as_default():
+            for key, signature_def in self.signature_defs.items():
+                for name, info in signature_def.inputs.items():
+                    if name in EXAMPLE_INPUTS and info.dtype == tf.string.as_datatype_enum:
+                        examples = self._graph.get_tensor_by_name(info.name)
+                        self._checks[key] = examples_fit(examples, spec).name
         self._callables: Dict[tuple, Callable[..., list]] = {}
         self._lock = threading.Lock()
 
     def run(self, signature: str, inputs: Mapping[str, np.ndarray],
-            output_keys: Sequence[str]) -> Dict[str, np.ndarray]:
+            output_keys: Sequence[str], check_examples: bool = True) -> Dict[str, np.ndarray]:
+        """The signature's outputs; with `check_examples`, raises
+        ExamplesNeedConforming rather than answer for Examples that
+        ServingSpec.conform would change."""
+        check = check_examples and signature in self._checks
         input_keys = tuple(sorted(inputs))
-        key = (signature, input_keys, tuple(output_keys))
+        key = (signature, input_keys, tuple(output_keys), check)
         call = self._callables.get(key)
         if call is None:
             call = self._make_callable(key)
-        return dict(zip(output_keys, call(*(inputs[name] for name in input_keys))))
+        fetched = call(*(inputs[name] for name in input_keys))
+        if check and not fetched[-1]:
+            raise ExamplesNeedConforming(f"signature '{signature}': an Example needs conforming")
+        return dict(zip(output_keys, fetched))
 
     def _make_callable(self, key: tuple) -> Callable[..., list]:
-        signature, input_keys, output_keys = key
+        signature, input_keys, output_keys, check = key
         signature_def = self.signature_defs[signature]
         with self._lock:
             if key not in self._callables:
+                fetch = [signature_def.outputs[name].name for name in output_keys]
                 options = config_pb2.CallableOptions(
                     feed=[signature_def.inputs[name].name for name in input_keys],
-                    fetch=[signature_def.outputs[name].name for name in output_keys])
+                    fetch=fetch + [self._checks[signature]] if check else fetch)
                 self._callables[key] = self._session._make_callable_from_options(options)
             return self._callables[key]
 
@@ -304,16 +323,21 @@ class LoadedModel:
     path: str
     spec: ServingSpec
     signatures: SessionSignatures
-    batch_check: BatchCheck
 
     @property
     def signature_defs(self) -> Mapping[str, meta_graph_pb2.SignatureDef]:
         return self.signatures.signature_defs
 
     def run(self, signature: str, inputs: Mapping[str, np.ndarray],
-            output_keys: Sequence[str]) -> Dict[str, np.ndarray]:
-        """Runs a signature on already checked inputs; the outputs as arrays."""
-        return self.signatures.run(signature, inputs, output_keys)
+            output_keys: Sequence[str], check_examples: bool = True) -> Dict[str, np.ndarray]:
+        """Runs a signature on decoded inputs; the outputs as arrays
+        (SessionSignatures.run)."""
+        return self.signatures.run(signature, inputs, output_keys, check_examples)
+
+
+def read_serving_spec(saved_model_dir: str) -> ServingSpec:
+    with open(os.path.join(saved_model_dir, SPEC_PATH), encoding="utf-8") as f:
+        return ServingSpec.from_json(json.load(f))
 
 
 def load_version(name: str, model_base: str, version: int,
@@ -321,9 +345,8 @@ def load_version(name: str, model_base: str, version: int,
     """Loads `model_base/<version>`; raises (OSError, ValueError, tf errors) when
     it is not a complete mtrank SavedModel."""
     path = os.path.join(model_base, str(version))
-    with open(os.path.join(path, SPEC_PATH), encoding="utf-8") as f:
-        spec = ServingSpec.from_json(json.load(f))
-    signatures = SessionSignatures(path, config or session_config())
+    spec = read_serving_spec(path)
+    signatures = SessionSignatures(path, config or session_config(), spec)
     serving = signatures.signature_defs.get(SERVING_SIGNATURE)
     if serving is None or EXAMPLES_INPUT not in serving.inputs:
         signatures.close()
@@ -331,7 +354,7 @@ def load_version(name: str, model_base: str, version: int,
             f"{path}: signature '{SERVING_SIGNATURE}' with input '{EXAMPLES_INPUT}' is required"
         )
     return LoadedModel(name=name, version=version, path=path, spec=spec,
-                       signatures=signatures, batch_check=BatchCheck(spec))
+                       signatures=signatures)
 
 
 def version_fingerprint(version_dir: str) -> Tuple[Tuple[str, int, int], ...]:

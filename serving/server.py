@@ -13,10 +13,10 @@ Models come from a ModelServerConfig (several models, version policies,
 labels; serving/model_manager.py keeps them loaded, polling for new
 versions). With batching parameters, concurrent requests are merged into one
 model call (serving/batching.py). Unlike TF Serving it checks every Example
-against the model's serving spec first, converting numbers to the declared
-dtype and naming the feature when a value cannot be used, and it answers any
-malformed request with INVALID_ARGUMENT (NOT_FOUND for an unknown model or
-version) without running the model.
+against the model's serving spec (in the model's own call), converting
+numbers to the declared dtype and naming the feature when a value cannot be
+used, and it answers any malformed request with INVALID_ARGUMENT (NOT_FOUND
+for an unknown model or version).
 """
 from __future__ import annotations
 
@@ -155,6 +155,21 @@ def _examples_from_input(input_proto) -> np.ndarray:
     return array
 
 
+def _conform_example_inputs(inputs, spec: model_store.ServingSpec):
+    """`inputs` with their Examples conformed to the spec (INVALID_ARGUMENT
+    naming one that cannot be); None when no input holds Examples. For a
+    merged batch the name's index is the batch's: the batcher then runs each
+    request alone, so that the client is told its own index."""
+    names = [name for name, array in inputs.items()
+             if name in model_store.EXAMPLE_INPUTS and array.dtype == object]
+    if not names:
+        return None
+    conformed = dict(inputs)
+    for name in names:
+        conformed[name] = tensors.conform_examples(name, inputs[name], spec)
+    return conformed
+
+
 class ModelServer:
     """Answers the TF Serving API for the models of a ModelServerConfig."""
 
@@ -185,8 +200,16 @@ class ModelServer:
         def run(merged):
             try:
                 return loaded.run(signature, merged, output_keys)
-            except tf.errors.InvalidArgumentError as e:
-                raise invalid(f"the model rejected the input: {e.message}") from None
+            except (model_store.ExamplesNeedConforming, tf.errors.InvalidArgumentError) as e:
+                error = e  # Examples of the other numeric kind fail the model's parse
+            conformed = _conform_example_inputs(merged, loaded.spec)
+            if conformed is not None:
+                try:
+                    return loaded.run(signature, conformed, output_keys, check_examples=False)
+                except tf.errors.InvalidArgumentError as e:
+                    error = e
+            message = getattr(error, "message", str(error))
+            raise invalid(f"the model rejected the input: {message}") from None
 
         if self.batcher is None or size == 0 or deadline == 0:
             outputs = run(inputs)
@@ -227,8 +250,7 @@ class ModelServer:
             raise invalid(f"output_filter names unknown outputs {unknown}; outputs of "
                           f"'{name}': {sorted(signature.outputs)}")
         inputs, size = tensors.decode_inputs(name, signature, request.inputs, loaded.spec,
-                                             self.options.max_values_per_input,
-                                             loaded.batch_check)
+                                             self.options.max_values_per_input)
         outputs = self._execute(loaded, name, inputs, size, sorted(set(wanted)), deadline)
         response = predict_pb2.PredictResponse()
         self._echo(response.model_spec, loaded, name)
@@ -240,8 +262,8 @@ class ModelServer:
         name = request.model_spec.signature_name or signatures.SERVING_DEFAULT
         signature = self._signature(loaded, name, method)
         (input_key,) = signature.inputs
-        examples = tensors.conform_examples(input_key, _examples_from_input(request.input),
-                                            loaded.spec, loaded.batch_check)
+        examples = _examples_from_input(request.input)
+        tensors.check_examples_parse(input_key, examples, loaded.spec)
         if examples.size > self.options.max_values_per_input:
             raise invalid(f"input: {examples.size} examples is more than the limit of "
                           f"{self.options.max_values_per_input}")

@@ -313,14 +313,14 @@ def test_output_filter_selects_outputs(prediction_stub):
 
 
 def test_model_errors_become_invalid_argument_and_others_internal(prediction_stub, monkeypatch):
-    def reject(self, signature, inputs, output_keys):
+    def reject(self, signature, inputs, output_keys, check_examples=True):
         raise tf.errors.InvalidArgumentError(None, None, "Key: hour. Can't parse")
 
     monkeypatch.setattr(model_store.LoadedModel, "run", reject)
     assert_rejected(prediction_stub, predict_request([example(user_id="u")]),
                     grpc.StatusCode.INVALID_ARGUMENT, "Can't parse")
 
-    def crash(self, signature, inputs, output_keys):
+    def crash(self, signature, inputs, output_keys, check_examples=True):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(model_store.LoadedModel, "run", crash)
@@ -656,16 +656,47 @@ def test_concurrent_requests_are_merged_into_few_model_calls(model_base, predict
                                        rtol=1e-6)
 
 
+def test_merged_requests_are_conformed_and_a_bad_one_is_told_its_own_index(
+        model_base, prediction_stub):
+    batching = server_config.BatchingParameters(max_batch_size=64, batch_timeout_micros=500_000,
+                                                num_batch_threads=1)
+    as_int = [example(user_id="u", item_price=3)]
+    bad = [example(user_id="u"), example(user_id="u", item_price=[1.0, 2.0])]
+    good = varied_examples(3)
+    with testing_util.running_server(model_base, batching=batching) as (running, target):
+        start = threading.Barrier(3)
+        with grpc.insecure_channel(target) as ch:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+
+            def send(serialized):
+                start.wait()
+                try:
+                    return stub.Predict(predict_request(serialized), timeout=30)
+                except grpc.RpcError as e:
+                    return e
+
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                converted, refused, served = pool.map(send, [as_int, bad, good])
+
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "examples[1]" in refused.details() and "item_price" in refused.details()
+    expected = scores(prediction_stub, [example(user_id="u", item_price=3.0)])
+    np.testing.assert_allclose(tf.make_ndarray(converted.outputs["click"]), expected["click"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(tf.make_ndarray(served.outputs["click"]),
+                               scores(prediction_stub, good)["click"], rtol=1e-6)
+
+
 def test_full_batch_queue_answers_resource_exhausted_at_once(model_base, monkeypatch):
     batching = server_config.BatchingParameters(max_batch_size=1, batch_timeout_micros=0,
                                                 num_batch_threads=1, max_enqueued_batches=1)
     started, release = threading.Event(), threading.Event()
     run = model_store.LoadedModel.run
 
-    def blocking_run(self, signature, inputs, output_keys):
+    def blocking_run(self, signature, inputs, output_keys, check_examples=True):
         started.set()
         release.wait(30)
-        return run(self, signature, inputs, output_keys)
+        return run(self, signature, inputs, output_keys, check_examples)
 
     with testing_util.running_server(model_base, batching=batching) as (running, target):
         monkeypatch.setattr(model_store.LoadedModel, "run", blocking_run)
@@ -699,11 +730,11 @@ def test_request_whose_deadline_passes_in_the_queue_leaves_its_batch(model_base,
     run_sizes = []
     run = model_store.LoadedModel.run
 
-    def blocking_run(self, signature, inputs, output_keys):
+    def blocking_run(self, signature, inputs, output_keys, check_examples=True):
         run_sizes.append(len(inputs["examples"]))
         started.set()
         release.wait(30)
-        return run(self, signature, inputs, output_keys)
+        return run(self, signature, inputs, output_keys, check_examples)
 
     with testing_util.running_server(model_base, batching=batching) as (running, target):
         monkeypatch.setattr(model_store.LoadedModel, "run", blocking_run)

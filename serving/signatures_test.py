@@ -269,7 +269,9 @@ def test_score_formula_follows_the_config():
 def test_regress_and_classify_carry_tf_serving_method_names(config, instances, export):
     loaded, export_dir = export[0], export[4]
     from serving import model_store
-    defs = model_store.SessionSignatures(export_dir, model_store.session_config()).signature_defs
+    session_signatures = model_store.SessionSignatures(
+        export_dir, model_store.session_config(), model_store.read_serving_spec(export_dir))
+    defs = session_signatures.signature_defs
     assert defs["regress"].method_name == "tensorflow/serving/regress"
     assert defs["classify"].method_name == "tensorflow/serving/classify"
     assert defs["serving_default"].method_name == "tensorflow/serving/predict"
@@ -280,6 +282,10 @@ def test_regress_and_classify_carry_tf_serving_method_names(config, instances, e
     scores = _serve(loaded, serialized)
     regressed = loaded.signatures["regress"](inputs=serialized)["outputs"].numpy()
     np.testing.assert_allclose(regressed, scores["score"], rtol=1e-6)
+    # As the server runs it, with the Examples check in the same Session call.
+    in_session = session_signatures.run("regress", {"inputs": np.array(serialized, dtype=object)},
+                                        ["outputs"])["outputs"]
+    np.testing.assert_allclose(in_session, regressed, rtol=1e-6)
     classified = loaded.signatures["classify"](inputs=serialized)
     assert classified["classes"].numpy().tolist() == [[b"click", b"purchase"]] * 3
     np.testing.assert_allclose(classified["scores"].numpy(),

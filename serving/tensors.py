@@ -1,11 +1,15 @@
-"""Checking a request's TensorProtos against a signature, before anything runs.
+"""Checking a request's TensorProtos against a signature before the model
+runs, and conforming Examples.
 
 Every way a client's tensors can be wrong (unknown or missing input, dtype,
 rank, a dimension the signature fixes, batch sizes that disagree, a shape
-larger than the request limit, content that does not decode, Examples that do
-not fit the serving spec) becomes INVALID_ARGUMENT naming the input. Numbers
-of the other numeric kind are converted, as everywhere in mtrank: int64 for a
-float input, and integral floats for an int64 input.
+larger than the request limit, content that does not decode, bytes that are
+not a tf.Example) becomes INVALID_ARGUMENT naming the input. Numbers of the
+other numeric kind are converted, as everywhere in mtrank: int64 for a float
+input, and integral floats for an int64 input. Whether Examples fit the
+serving spec is checked within the model's own call
+(model_store.examples_fit); the server conforms those that do not with
+conform_examples, which converts their numbers or names the feature.
 """
 from __future__ import annotations
 
@@ -19,11 +23,6 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from serving import model_store
 from serving.errors import invalid
 
-# Inputs that carry serialized tf.Examples: serving_default / transform_features
-# name it `examples`, TF Serving's classify and regress `inputs`.
-EXAMPLE_INPUTS = frozenset({"examples", "inputs"})
-# Below this many Examples, conforming each is cheaper than one batch check.
-BATCH_CHECK_MIN = 16
 _INTEGER_TYPES = {types_pb2.DT_INT64, types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8,
                   types_pb2.DT_UINT8, types_pb2.DT_UINT16, types_pb2.DT_UINT32,
                   types_pb2.DT_UINT64}
@@ -73,8 +72,7 @@ def _convert(name: str, array: np.ndarray, got: int, want: int) -> np.ndarray:
 
 def decode_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef,
                   inputs: Mapping[str, tensor_pb2.TensorProto], spec: model_store.ServingSpec,
-                  max_elements: int, batch_check: Optional[model_store.BatchCheck] = None
-                  ) -> Tuple[Dict[str, np.ndarray], int]:
+                  max_elements: int) -> Tuple[Dict[str, np.ndarray], int]:
     """The request's inputs as arrays of the signature's dtypes, and the batch size."""
     unknown = sorted(set(inputs) - set(signature.inputs))
     if unknown:
@@ -119,8 +117,8 @@ def decode_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef,
         if batch is not None and array.shape[0] != batch:
             raise invalid(f"input '{name}' has batch size {array.shape[0]}, other inputs {batch}")
         batch = array.shape[0]
-        if name in EXAMPLE_INPUTS and info.dtype == types_pb2.DT_STRING:
-            array = conform_examples(name, array, spec, batch_check)
+        if name in model_store.EXAMPLE_INPUTS and info.dtype == types_pb2.DT_STRING:
+            check_examples_parse(name, array, spec)
         arrays[name] = array
     return arrays, batch or 0
 
@@ -144,12 +142,20 @@ def to_tensor_proto(array: np.ndarray, target: tensor_pb2.TensorProto) -> None:
                                                                 copy=False).tobytes()
 
 
-def conform_examples(name: str, serialized: np.ndarray, spec: model_store.ServingSpec,
-                     batch_check: Optional[model_store.BatchCheck] = None) -> np.ndarray:
-    """The Examples as the model should get them (ServingSpec.conform); from
-    BATCH_CHECK_MIN Examples on, batch_check first spares the per-Example work."""
-    if batch_check is not None and len(serialized) >= BATCH_CHECK_MIN and batch_check(serialized):
-        return serialized
+def check_examples_parse(name: str, serialized: np.ndarray, spec: model_store.ServingSpec
+                         ) -> None:
+    """INVALID_ARGUMENT naming the first element that is not one whole
+    serialized Example. Whether the Examples fit the model's features is
+    decided with the model's own call (model_store.examples_fit)."""
+    if not model_store.parse_strictly(serialized):
+        conform_examples(name, serialized, spec)  # names the culprit
+        raise invalid(f"input '{name}' is not a list of serialized tf.Examples")
+
+
+def conform_examples(name: str, serialized: np.ndarray, spec: model_store.ServingSpec
+                     ) -> np.ndarray:
+    """The Examples as the model should get them (ServingSpec.conform), or
+    INVALID_ARGUMENT naming the first that cannot be."""
     out = np.empty(serialized.shape, dtype=object)
     for i, example in enumerate(serialized):
         try:

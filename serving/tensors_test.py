@@ -1,5 +1,6 @@
-"""Tests of serving/tensors.py: the batch check agrees with conforming each
-Example, and tensors round-trip."""
+"""Tests of serving/tensors.py and the Examples check it relies on
+(model_store.parse_strictly and examples_fit agree with conforming each
+Example), and tensors round-trip."""
 import random
 
 import numpy as np
@@ -12,11 +13,6 @@ from serving.errors import RequestError
 
 SPEC = model_store.ServingSpec.from_json({
     "model_name": "mtrank", "tasks": ["click"], "features": testing_util.DEFAULT_FEATURES})
-
-
-@pytest.fixture(scope="module")
-def batch_check():
-    return model_store.BatchCheck(SPEC)
 
 
 def example(**features):
@@ -66,29 +62,46 @@ def conforms_unchanged(serialized):
                == tf.sparse.to_dense(again[k]).numpy().tolist() for k in parse_spec)
 
 
-def test_batch_check_accepts_only_what_conform_leaves_as_it_is(batch_check):
+def batch_passes_check(batch):
+    """What the server decides without conforming: True sends the batch to
+    the model as it is."""
+    if not model_store.parse_strictly(batch):
+        return False
+    try:
+        return bool(model_store.examples_fit(tf.constant(batch, dtype=tf.string), SPEC))
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
+        # TensorFlow quotes the bad bytes in its message, which need not be UTF-8.
+        return False
+
+
+def test_examples_check_accepts_only_what_conform_leaves_as_it_is():
     rng = random.Random(7)
     candidates = CORPUS + [garbage(rng) for _ in range(300)]
     for serialized in candidates:
-        batch = [VALID] * (tensors.BATCH_CHECK_MIN - 1) + [serialized]
-        if batch_check(batch):
+        if batch_passes_check([VALID, serialized]):
             assert conforms_unchanged(serialized), serialized
-    assert batch_check([VALID, example(user_id="u", unknown="x"), b""] * 6)
+    assert batch_passes_check([VALID, example(user_id="u", unknown="x"), b""] * 6)
     for refused in (example(hour=4.5), example(item_price=3), example(item_price=[1.0, 2.0]),
                     b"\x00garbage", b"\x0a\xff\xff\xff\xff\x0f"):
-        assert not batch_check([VALID] * 20 + [refused])
+        assert not batch_passes_check([VALID] * 20 + [refused])
 
 
-def test_large_and_small_batches_get_the_same_answer(batch_check):
-    small = np.array([VALID, example(item_price=3)], dtype=object)
-    large = np.array([VALID] * 20 + [example(item_price=3)], dtype=object)
-    converted = tensors.conform_examples("examples", small, SPEC, batch_check)[1]
-    assert tensors.conform_examples("examples", large, SPEC, batch_check)[-1] == converted
-    assert tf.train.Example.FromString(converted).features.feature[
+def test_parse_check_names_the_element_that_is_not_an_example():
+    tensors.check_examples_parse("examples", np.array([VALID] * 3, dtype=object), SPEC)
+    bad = np.array([VALID] * 20 + [b"\x00garbage"], dtype=object)
+    with pytest.raises(RequestError, match=r"examples\[20\]: not a serialized tf.Example"):
+        tensors.check_examples_parse("examples", bad, SPEC)
+
+
+def test_conform_converts_numbers_and_names_what_cannot_be():
+    converted = tensors.conform_examples(
+        "examples", np.array([VALID, example(item_price=3)], dtype=object), SPEC)
+    assert converted[0] == VALID
+    assert tf.train.Example.FromString(converted[1]).features.feature[
         "item_price"].float_list.value == [3.0]
     bad = np.array([VALID] * 20 + [example(hour=4.5)], dtype=object)
     with pytest.raises(RequestError, match=r"examples\[20\]: feature 'hour'"):
-        tensors.conform_examples("examples", bad, SPEC, batch_check)
+        tensors.conform_examples("examples", bad, SPEC)
 
 
 @pytest.mark.parametrize("array", [
