@@ -136,6 +136,12 @@ class DWAWeighting(LossWeighting):
         self.weights_var = self.add_weight(
             name="dwa_weights", shape=[len(tasks)], initializer="ones", trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # The last epoch's losses (0 before the first) are variables, not
+        # callback state, so that a training resumed from its checkpoint
+        # goes on weighting from where it stopped.
+        self.previous_losses = self.add_weight(
+            name="dwa_previous_losses", shape=[len(tasks)], initializer="zeros",
+            trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def learned_weights(self) -> tf.Tensor:
         return tf.convert_to_tensor(self.weights_var)
@@ -151,17 +157,18 @@ class DWACallback(tf.keras.callbacks.Callback):
     def __init__(self, weighting: DWAWeighting):
         super().__init__()
         self.weighting = weighting
-        self.history: List[List[float]] = []
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         missing = [f"{n}_loss" for n in self.weighting.task_names if f"{n}_loss" not in logs]
         if missing:
             raise KeyError(f"DWA needs the per-task losses {missing} in the epoch logs")
-        self.history.append([float(logs[f"{n}_loss"]) for n in self.weighting.task_names])
-        if len(self.history) < 2:
+        losses = tf.constant([float(logs[f"{n}_loss"]) for n in self.weighting.task_names])
+        previous = tf.convert_to_tensor(self.weighting.previous_losses)
+        self.weighting.previous_losses.assign(losses)
+        if not bool(tf.reduce_any(previous > 0)):  # the first epoch: nothing to compare
             return
-        ratios = tf.constant(self.history[-1]) / tf.maximum(tf.constant(self.history[-2]), 1e-12)
+        ratios = losses / tf.maximum(previous, 1e-12)
         weights = len(ratios) * tf.nn.softmax(ratios / self.weighting.temperature)
         self.weighting.weights_var.assign(weights)
 

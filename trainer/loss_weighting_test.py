@@ -123,6 +123,21 @@ def test_dwa_weights_follow_the_loss_ratios():
         callback.on_epoch_end(2, {"a_loss": 0.4})
 
 
+def test_dwa_resumed_from_a_checkpoint_weights_from_the_epoch_before(tmp_path):
+    tasks = _tasks(("a", "binary", 1.0), ("b", "binary", 1.0))
+    weighting = lw.DWAWeighting(tasks, temperature=2.0)
+    weighting.callbacks()[0].on_epoch_end(0, {"a_loss": 1.0, "b_loss": 1.0})
+    checkpoint = tf.train.Checkpoint(weighting=weighting).write(str(tmp_path / "ckpt"))
+
+    resumed = lw.DWAWeighting(tasks, temperature=2.0)
+    tf.train.Checkpoint(weighting=resumed).read(checkpoint).assert_consumed()
+    resumed.callbacks()[0].on_epoch_end(1, {"a_loss": 0.5, "b_loss": 0.9})
+
+    ratios = np.array([0.5, 0.9])
+    np.testing.assert_allclose(resumed.learned_weights().numpy(),
+                               2 * np.exp(ratios / 2.0) / np.exp(ratios / 2.0).sum(), rtol=1e-6)
+
+
 def test_dwa_through_fit_logs_losses_and_weights_per_epoch():
     tf.keras.utils.set_random_seed(0)
     config = tu.small_config(model={"loss_weighting": "dwa", "dwa_temperature": 1.0})
