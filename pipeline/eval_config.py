@@ -5,6 +5,10 @@ label (`label_keys`), metrics, plots and blessing bounds: an absolute bound,
 and a change bound against the last blessed model. TFMA blesses the candidate
 only if every task passes, so one regressing task blocks the push.
 
+A task declared under a `condition` is evaluated on its parent's positives
+only (the parent's label is its example weight), the population it is
+trained on and whose probability it serves.
+
 Slices: metrics and plots are computed overall and for every slice of
 `validation.slices`. A bound in `MetricConfig.threshold` would apply to every
 slice, however small, and TFMA's own `Options.min_slice_size` turns a small
@@ -79,10 +83,16 @@ def _task_metrics(task: config_lib.TaskConfig) -> tfma.MetricsSpec:
 
 
 def make_eval_config(config: config_lib.Config) -> tfma.EvalConfig:
+    by_name = {task.name: task for task in config.tasks}
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
             signature_name="serving_default",
-            label_keys={task.name: task.label_key for task in config.tasks})],
+            label_keys={task.name: task.label_key for task in config.tasks},
+            # A conditional task's output is P(task | parent), trained on the
+            # parent's positives only: it is evaluated (and blessed) there
+            # too, by weighting each example with the parent's 0/1 label.
+            example_weight_keys={task.name: by_name[task.condition].label_key
+                                 for task in config.tasks if task.condition})],
         metrics_specs=[_task_metrics(task) for task in config.tasks],
         slicing_specs=[tfma.SlicingSpec()] + [
             tfma.SlicingSpec(feature_keys=keys) for keys in config.validation.slices],

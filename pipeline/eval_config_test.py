@@ -220,3 +220,42 @@ def test_tfma_blocks_on_a_large_failing_slice_and_ignores_a_tiny_one(tmp_path):
     # The tiny slice is still evaluated (for the report), only not gated.
     slices = {run_summary._slice_name(m.slice_key): m for m in tfma.load_metrics(output)}
     assert {"overall", "category=a", "category=b", "category=tiny"} <= set(slices)
+
+
+def test_conditional_task_is_evaluated_on_its_parents_positives(tmp_path):
+    """purchase (condition: click) ranks well among clicked impressions and
+    badly elsewhere, where it was never trained: only the first counts."""
+    import numpy as np
+
+    from pipeline import run_summary
+
+    rng = np.random.default_rng(0)
+    size = 400
+    click_label = (rng.random(size) < 0.5).astype(float)
+    purchase_label = click_label * (rng.random(size) < 0.4)
+    # Among clicks, a purchase scores higher; unclicked rows score high anyway.
+    purchase = np.where(click_label == 1, 0.3 + 0.4 * purchase_label, 0.9) + 0.05 * rng.random(size)
+    tasks = [{"name": "click", "feedback": "click", "eval": {"min_auc": None, "max_auc_drop": None}},
+             {"name": "purchase", "feedback": "purchase", "condition": "click",
+              "eval": {"min_auc": 0.9, "max_auc_drop": None}}]
+    made = eval_config.make_eval_config(tu.small_config(tasks=tasks))
+    assert dict(made.model_specs[0].example_weight_keys) == {"purchase": "click_label"}
+    model_spec = made.model_specs[0]
+    model_spec.ClearField("signature_name")
+    model_spec.prediction_keys.update({"click": "click", "purchase": "purchase"})
+    data = str(tmp_path / "predictions.tfrecord")
+    columns = {"click_label": click_label, "click": rng.random(size),
+               "purchase_label": purchase_label, "purchase": purchase}
+    with tf.io.TFRecordWriter(data) as writer:
+        for i in range(size):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                name: tf.train.Feature(float_list=tf.train.FloatList(value=[values[i]]))
+                for name, values in columns.items()})).SerializeToString())
+    output = str(tmp_path / "evaluation")
+    tfma.run_model_analysis(eval_config=made, data_location=data, output_path=output)
+
+    assert run_summary.validation_failures(output) == []
+    (overall,) = [m for m in tfma.load_metrics(output) if not m.slice_key.single_slice_keys]
+    purchase_auc = [kv.value.double_value.value for kv in overall.metric_keys_and_values
+                    if kv.key.name == "auc" and kv.key.output_name == "purchase"]
+    assert purchase_auc and purchase_auc[0] > 0.99
