@@ -102,7 +102,9 @@ class ServingSpec:
         and integral floats become integers. Anything else that does not fit
         raises ExampleError naming the feature. Features the model does not
         read are dropped; a scalar without values is dropped too, so the
-        model's default applies as it does for a missing one.
+        model's default applies as it does for a missing one. The Example is
+        always rebuilt, so fields protobuf kept without knowing them, which
+        TensorFlow's parser may refuse, are dropped as well.
         """
         example = example_pb2.Example()
         try:
@@ -115,8 +117,6 @@ class ServingSpec:
             raise ExampleError(
                 f"not a serialized tf.Example: parsing stopped at byte {consumed} "
                 f"of {len(serialized)}")
-        if self._fits(example):
-            return serialized
         conformed = example_pb2.Example()
         for name, spec in self.features.items():
             if name not in example.features.feature:
@@ -142,23 +142,6 @@ class ServingSpec:
             else:
                 target.int64_list.value.extend(_to_int64(name, v) for v in values)
         return conformed.SerializeToString()
-
-
-    def _fits(self, example: example_pb2.Example) -> bool:
-        """True when the Example is already what conform would make of it
-        (the common case, checked without re-serializing)."""
-        for name, feature in example.features.feature.items():
-            spec = self.features.get(name)
-            kind = feature.WhichOneof("kind")
-            if spec is None or kind != _KINDS[spec.dtype]:
-                return False
-            count = len(getattr(feature, kind).value)
-            if count == 0 or (spec.shape == "scalar" and count != 1):
-                return False
-        return True
-
-
-_KINDS = {"string": "bytes_list", "int64": "int64_list", "float": "float_list"}
 
 
 def parse_strictly(serialized: Sequence[bytes]) -> bool:

@@ -155,6 +155,19 @@ def _examples_from_input(input_proto) -> np.ndarray:
     return array
 
 
+# How a model run refuses its input. TensorFlow raises UnicodeDecodeError
+# instead of InvalidArgumentError when its message quotes bytes that are not
+# UTF-8, as its Example parser does for some Examples protobuf reads.
+_MODEL_REFUSALS = (model_store.ExamplesNeedConforming, tf.errors.InvalidArgumentError,
+                   UnicodeDecodeError)
+
+
+def _refusal_message(error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return "TensorFlow could not parse an Example"
+    return getattr(error, "message", str(error))
+
+
 def _conform_example_inputs(inputs, spec: model_store.ServingSpec):
     """`inputs` with their Examples conformed to the spec (INVALID_ARGUMENT
     naming one that cannot be); None when no input holds Examples. For a
@@ -200,16 +213,15 @@ class ModelServer:
         def run(merged):
             try:
                 return loaded.run(signature, merged, output_keys)
-            except (model_store.ExamplesNeedConforming, tf.errors.InvalidArgumentError) as e:
+            except _MODEL_REFUSALS as e:
                 error = e  # Examples of the other numeric kind fail the model's parse
             conformed = _conform_example_inputs(merged, loaded.spec)
             if conformed is not None:
                 try:
                     return loaded.run(signature, conformed, output_keys, check_examples=False)
-                except tf.errors.InvalidArgumentError as e:
+                except _MODEL_REFUSALS as e:
                     error = e
-            message = getattr(error, "message", str(error))
-            raise invalid(f"the model rejected the input: {message}") from None
+            raise invalid(f"the model rejected the input: {_refusal_message(error)}") from None
 
         if self.batcher is None or size == 0 or deadline == 0:
             outputs = run(inputs)

@@ -227,6 +227,20 @@ def test_int64_for_float_feature_is_converted(prediction_stub):
     assert extra == as_float
 
 
+def test_example_that_protobuf_reads_and_tensorflow_refuses_is_served_conformed(
+        prediction_stub):
+    """Found by fuzzing: a stray fixed32 field inside a BytesList, which
+    protobuf keeps as an unknown field and TensorFlow's parser refuses with
+    a message that is not UTF-8."""
+    odd = (b"\n\x1c\n\x0b\n\x01s\x12\x06\n\x04\n\x02\xff\n\rq\n\x01a\x12\x08\x12\x06"
+           b"\n\x04\x00\x00\x80?")
+    with pytest.raises(UnicodeDecodeError):
+        tf.io.parse_example([odd], {"s": tf.io.VarLenFeature(tf.string)})
+
+    served = scores(prediction_stub, [odd, example(user_id="u")])["click"]
+    assert served[0] == scores(prediction_stub, [example()])["click"][0]
+
+
 @pytest.mark.parametrize("features, feature_name", [
     ({"hour": 5.5}, "hour"),
     ({"item_price": "cheap"}, "item_price"),

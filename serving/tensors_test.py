@@ -96,7 +96,7 @@ def test_parse_check_names_the_element_that_is_not_an_example():
 def test_conform_converts_numbers_and_names_what_cannot_be():
     converted = tensors.conform_examples(
         "examples", np.array([VALID, example(item_price=3)], dtype=object), SPEC)
-    assert converted[0] == VALID
+    assert tf.train.Example.FromString(converted[0]) == tf.train.Example.FromString(VALID)
     assert tf.train.Example.FromString(converted[1]).features.feature[
         "item_price"].float_list.value == [3.0]
     bad = np.array([VALID] * 20 + [example(hour=4.5)], dtype=object)
