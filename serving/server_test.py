@@ -1,4 +1,5 @@
 """Tests of serving/server.py over real gRPC, with the stock TF Serving stubs as client."""
+import collections
 import concurrent.futures
 import os
 import random
@@ -462,6 +463,44 @@ def test_missing_model_base_fails_at_start(tmp_path):
 # Malformed requests.
 
 _GARBAGE_PREFIXES = (b"\x07", b"\x0f", b"\x00", b"\x0a\xff\xff\xff\xff\x0f")
+
+
+def _mutated(rng: random.Random, serialized: bytes) -> bytes:
+    mutated = bytearray(serialized)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(mutated))
+        kind = rng.random()
+        if kind < 0.4:
+            mutated[at] = rng.randrange(256)
+        elif kind < 0.7:
+            del mutated[at]
+        else:
+            mutated.insert(at, rng.randrange(256))
+    return bytes(mutated)
+
+
+def test_fuzz_of_corrupted_examples_is_served_or_refused_never_an_internal_error(
+        model_base, prediction_stub):
+    """Corrupted copies of a valid Example beside two valid ones: protobuf
+    refuses most, TensorFlow's parser refuses some protobuf reads (the model
+    call then fails and the server conforms them). Each request is answered
+    OK or INVALID_ARGUMENT; when OK, the valid neighbours score as alone."""
+    rng = random.Random(20261124)
+    valid = varied_examples(3)
+    alone = scores(prediction_stub, [valid[0], valid[2]])["click"]
+    codes = collections.Counter()
+    for _ in range(300):
+        request = predict_request([valid[0], _mutated(rng, valid[1]), valid[2]])
+        try:
+            response = prediction_stub.Predict(request, timeout=10)
+        except grpc.RpcError as e:
+            codes[e.code()] += 1
+            continue
+        codes[grpc.StatusCode.OK] += 1
+        click = tf.make_ndarray(response.outputs["click"])
+        np.testing.assert_allclose(click[[0, 2]], alone, rtol=1e-6)
+
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}, codes
 
 
 def _fuzz_cases(rng: random.Random, n: int):
