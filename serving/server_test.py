@@ -740,19 +740,27 @@ def test_merged_requests_are_conformed_and_a_bad_one_is_told_its_own_index(
                                scores(prediction_stub, good)["click"], rtol=1e-6)
 
 
-def test_full_batch_queue_answers_resource_exhausted_at_once(model_base, monkeypatch):
-    batching = server_config.BatchingParameters(max_batch_size=1, batch_timeout_micros=0,
-                                                num_batch_threads=1, max_enqueued_batches=1)
-    started, release = threading.Event(), threading.Event()
+def _block_model_calls(monkeypatch):
+    """Makes every model call wait for `release` once it has set `started`;
+    returns (started, release, the sizes of the calls' Example batches)."""
+    started, release, sizes = threading.Event(), threading.Event(), []
     run = model_store.LoadedModel.run
 
     def blocking_run(self, signature, inputs, output_keys, check_examples=True):
+        sizes.append(len(inputs["examples"]))
         started.set()
         release.wait(30)
         return run(self, signature, inputs, output_keys, check_examples)
 
+    monkeypatch.setattr(model_store.LoadedModel, "run", blocking_run)
+    return started, release, sizes
+
+
+def test_full_batch_queue_answers_resource_exhausted_at_once(model_base, monkeypatch):
+    batching = server_config.BatchingParameters(max_batch_size=1, batch_timeout_micros=0,
+                                                num_batch_threads=1, max_enqueued_batches=1)
     with testing_util.running_server(model_base, batching=batching) as (running, target):
-        monkeypatch.setattr(model_store.LoadedModel, "run", blocking_run)
+        started, release, _ = _block_model_calls(monkeypatch)
         with grpc.insecure_channel(target) as ch:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
             request = predict_request(varied_examples(1))
@@ -779,18 +787,8 @@ def test_full_batch_queue_answers_resource_exhausted_at_once(model_base, monkeyp
 def test_request_whose_deadline_passes_in_the_queue_leaves_its_batch(model_base, monkeypatch):
     batching = server_config.BatchingParameters(max_batch_size=64, batch_timeout_micros=0,
                                                 num_batch_threads=1)
-    started, release = threading.Event(), threading.Event()
-    run_sizes = []
-    run = model_store.LoadedModel.run
-
-    def blocking_run(self, signature, inputs, output_keys, check_examples=True):
-        run_sizes.append(len(inputs["examples"]))
-        started.set()
-        release.wait(30)
-        return run(self, signature, inputs, output_keys, check_examples)
-
     with testing_util.running_server(model_base, batching=batching) as (running, target):
-        monkeypatch.setattr(model_store.LoadedModel, "run", blocking_run)
+        started, release, run_sizes = _block_model_calls(monkeypatch)
         with grpc.insecure_channel(target) as ch:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
             first = stub.Predict.future(predict_request(varied_examples(1)), timeout=30)
