@@ -235,7 +235,8 @@ def test_conditional_task_is_evaluated_on_its_parents_positives(tmp_path):
     purchase_label = click_label * (rng.random(size) < 0.4)
     # Among clicks, a purchase scores higher; unclicked rows score high anyway.
     purchase = np.where(click_label == 1, 0.3 + 0.4 * purchase_label, 0.9) + 0.05 * rng.random(size)
-    tasks = [{"name": "click", "feedback": "click", "eval": {"min_auc": None, "max_auc_drop": None}},
+    tasks = [{"name": "click", "feedback": "click",
+              "eval": {"min_auc": None, "max_auc_drop": None}},
              {"name": "purchase", "feedback": "purchase", "condition": "click",
               "eval": {"min_auc": 0.9, "max_auc_drop": None}}]
     made = eval_config.make_eval_config(tu.small_config(tasks=tasks))
