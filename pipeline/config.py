@@ -326,6 +326,9 @@ class ModelConfig:
       gated per task) or ple (`extraction_layers` stacked CGC levels).
     cross_layers: DCN-v2 cross layers on the embedded features before the
       bottom or the experts (`cross_projection_dim`: low-rank size, or full).
+    ensemble_size: independently initialised copies of the whole network
+      (embeddings to towers), each trained on its own loss; served outputs
+      are their mean. Training and serving cost grow with it.
     dropout: after every hidden layer, in training only.
     normalization: none, batch or layer normalisation of every hidden
       layer's pre-activations (bottom, experts and towers).
@@ -347,6 +350,7 @@ class ModelConfig:
     extraction_layers: int = 2
     cross_layers: int = 0
     cross_projection_dim: Optional[int] = None
+    ensemble_size: int = 1
     dropout: float = 0.0
     normalization: str = "none"
     loss_weighting: str = "fixed"
@@ -671,7 +675,8 @@ def _model_from_dict(raw, tasks: List[TaskConfig], input_config: InputConfig) ->
         if field in raw and getattr(model, decider) not in choices:
             raise ConfigError(f"model.{field}: applies to {decider} {' / '.join(choices)}, "
                               f"not {getattr(model, decider)}")
-    for field in ("num_experts", "task_experts", "extraction_layers", "max_position"):
+    for field in ("num_experts", "task_experts", "extraction_layers", "ensemble_size",
+                  "max_position"):
         _positive(getattr(model, field), f"model.{field}")
     if _expect(model.cross_layers, int, "model.cross_layers") < 0:
         raise ConfigError(f"model.cross_layers: must be >= 0, got {model.cross_layers}")

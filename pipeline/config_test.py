@@ -585,6 +585,7 @@ def test_funnel_cycle_and_output_clash():
     ({"architecture": "mmoe", "num_experts": 0}, "model.num_experts: must be > 0"),
     ({"cross_layers": -1}, "model.cross_layers: must be >= 0"),
     ({"cross_projection_dim": 0}, "model.cross_projection_dim: must be > 0"),
+    ({"ensemble_size": 0}, "model.ensemble_size: must be > 0"),
     ({"dropout": 1.0}, "model.dropout: must be in [0, 1)"),
     ({"dropout": "some"}, "model.dropout: expected"),
     ({"normalization": "group"}, "model.normalization: must be one of"),

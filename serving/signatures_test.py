@@ -17,7 +17,9 @@ from trainer import testing_util as tu
 
 @pytest.fixture(scope="module")
 def config():
-    return tu.small_config()
+    # Two ensemble members: the export serves their mean (the other exports
+    # in the suite, the server's and the pipeline's, hold one member).
+    return tu.small_config(model={"ensemble_size": 2})
 
 
 @pytest.fixture(scope="module")

@@ -17,35 +17,38 @@ from trainer.mmoe import MMoE
 from trainer.ple import PLE
 from trainer.shared_bottom import SharedBottom
 
-Builder = Callable[[config_lib.Config], tf.keras.layers.Layer]
+# (config, seed) -> body layer.
+Builder = Callable[[config_lib.Config, int], tf.keras.layers.Layer]
 
 
-def _shared_bottom(config: config_lib.Config) -> tf.keras.layers.Layer:
+def _shared_bottom(config: config_lib.Config, seed: int) -> tf.keras.layers.Layer:
     return SharedBottom([t.name for t in config.tasks], config.training.bottom_units,
-                        config.training.seed, config.model.dropout, config.model.normalization,
+                        seed, config.model.dropout, config.model.normalization,
                         name="shared_bottom")
 
 
-def _mmoe(config: config_lib.Config) -> tf.keras.layers.Layer:
+def _mmoe(config: config_lib.Config, seed: int) -> tf.keras.layers.Layer:
     return MMoE([t.name for t in config.tasks], config.model.num_experts,
-                config.training.bottom_units, config.training.seed, config.model.dropout,
+                config.training.bottom_units, seed, config.model.dropout,
                 config.model.normalization, name="mmoe")
 
 
-def _ple(config: config_lib.Config, extraction_layers: int) -> tf.keras.layers.Layer:
+def _ple(config: config_lib.Config, seed: int, extraction_layers: int
+         ) -> tf.keras.layers.Layer:
     model = config.model
     return PLE([t.name for t in config.tasks], extraction_layers, model.num_experts,
-               model.task_experts, config.training.bottom_units, config.training.seed,
+               model.task_experts, config.training.bottom_units, seed,
                model.dropout, model.normalization, name=config.model.architecture)
 
 
 ARCHITECTURES: Dict[str, Builder] = {
     "shared_bottom": _shared_bottom,
     "mmoe": _mmoe,
-    "cgc": lambda config: _ple(config, extraction_layers=1),
-    "ple": lambda config: _ple(config, config.model.extraction_layers),
+    "cgc": lambda config, seed: _ple(config, seed, extraction_layers=1),
+    "ple": lambda config, seed: _ple(config, seed, config.model.extraction_layers),
 }
 
 
-def build_body(config: config_lib.Config) -> tf.keras.layers.Layer:
-    return ARCHITECTURES[config.model.architecture](config)
+def build_body(config: config_lib.Config, seed: int) -> tf.keras.layers.Layer:
+    """The config's body, its layers initialised from `seed`."""
+    return ARCHITECTURES[config.model.architecture](config, seed)

@@ -30,15 +30,16 @@ def test_architecture_trains_in_the_model(model_section):
     features, labels = tu.random_batch_with_labels(config, 16)
     outputs = model(features)
     assert set(outputs) == {"click", "purchase", "dwell"}
-    assert model.body.name == model_section["architecture"]
-    assert model.body.shared_variables
+    network, = model.members
+    assert network.body.name == model_section["architecture"]
+    assert network.shared_variables
     if "cross_layers" in model_section:
-        assert len(model.cross.crosses) == 2
+        assert len(network.cross.crosses) == 2
     if "normalization" in model_section:
         # Every hidden layer of the body and the towers is normalised.
         norm = {"layer": tf.keras.layers.LayerNormalization,
                 "batch": tf.keras.layers.BatchNormalization}[model_section["normalization"]]
-        for part in [model.body, *model.towers.values()]:
+        for part in [network.body, *network.towers.values()]:
             layers = part.submodules
             assert any(isinstance(x, norm) for x in layers), part.name
             assert not any(isinstance(x, tf.keras.layers.Dense)

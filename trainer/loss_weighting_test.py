@@ -78,8 +78,9 @@ def test_gradnorm_balances_gradient_norms_at_the_shared_layer():
         with tf.GradientTape(persistent=True) as tape:
             losses = model.task_losses((features, labels))
         weights = model.loss_weighting.task_weights()
+        shared = model.members[0].shared_variables
         return {name: float(weights[name]) * float(tf.linalg.global_norm(
-            tape.gradient(loss, model.body.shared_variables))) for name, loss in losses.items()}
+            tape.gradient(loss, shared))) for name, loss in losses.items()}
 
     model(features)
     first = weighted_norms()

@@ -1,14 +1,19 @@
 """The multi-task ranking model, composed from the config:
 
-features -> FeatureEmbedding -> [DCN-v2 cross layers] -> body (the
-`model.architecture`: shared bottom, MMoE, CGC or PLE; trainer/architectures.py)
--> one tower per task -> one TFRS ranking task per task, whose losses the
+`model.ensemble_size` TaskNetworks (trainer/network.py: features ->
+FeatureEmbedding -> [DCN-v2 cross layers] -> body, the `model.architecture`
+-> one tower per task) -> one TFRS ranking task per task, whose losses the
 `model.loss_weighting` strategy adds up (trainer/loss_weighting.py).
 
 Tasks may hang off a binary parent task: `condition` masks the task's loss
 to the parent's positives; `depends_on` (ESMM) trains the product
 P(parent) x P(task | parent) over all impressions. Position towers
 (trainer/position.py) join in training only.
+
+An ensemble's members are seeded apart and each trains on its own loss (a
+task's loss is the mean of the members' losses, so no member's gradient
+depends on another's output); the served outputs and the task metrics are
+the mean of the members' outputs, probabilities for binary tasks.
 
 `call` returns the served outputs: each task's prediction (a probability for
 binary tasks), and P(task | parent) for ESMM tasks as `<task>_given_<parent>`;
@@ -22,14 +27,11 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from pipeline import config as config_lib
-from trainer.architectures import build_body
-from trainer.cross import CrossStack
-from trainer.embedding import FeatureEmbedding
 from trainer.funnel import product_logit
 from trainer.loss_weighting import build_loss_weighting
+from trainer.network import TaskNetwork
 from trainer.position import PositionTower
 from trainer.task_metrics import CurrentValue, WeightedTaskLoss
-from trainer.towers import task_tower
 
 
 def _sum_over_replicas(value: tf.Tensor) -> tf.Tensor:
@@ -45,16 +47,28 @@ def _sum_over_replicas(value: tf.Tensor) -> tf.Tensor:
 def _ranking_task(task: config_lib.TaskConfig) -> tfrs.tasks.Ranking:
     # Per-example losses (Reduction.NONE), averaged by task_losses over the
     # global batch: the reduction that is correct under tf.distribute too.
+    # Keras averages them over the last axis, the ensemble's members.
+    loss = (tf.keras.losses.BinaryCrossentropy(from_logits=True,
+                                               reduction=tf.keras.losses.Reduction.NONE)
+            if task.type == "binary" else
+            tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.NONE))
+    return tfrs.tasks.Ranking(loss=loss, name=f"{task.name}_task")
+
+
+def _task_metric(task: config_lib.TaskConfig) -> tf.keras.metrics.Metric:
+    """Of the ensemble's prediction (a probability for binary tasks), so it
+    is updated by the model, not by the task, which sees each member."""
     if task.type == "binary":
-        return tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
-            metrics=[tf.keras.metrics.AUC(name=f"{task.name}_auc", from_logits=True)],
-            name=f"{task.name}_task")
-    return tfrs.tasks.Ranking(
-        loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.NONE),
-        metrics=[tf.keras.metrics.RootMeanSquaredError(name=f"{task.name}_rmse")],
-        name=f"{task.name}_task")
+        return tf.keras.metrics.AUC(name=f"{task.name}_auc")
+    return tf.keras.metrics.RootMeanSquaredError(name=f"{task.name}_rmse")
+
+
+def _predictions(task: config_lib.TaskConfig, logits: tf.Tensor) -> tf.Tensor:
+    return tf.sigmoid(logits) if task.type == "binary" else logits
+
+
+def _mean(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+    return tensors[0] if len(tensors) == 1 else tf.add_n(list(tensors)) / len(tensors)
 
 
 def _parents_first(tasks: Sequence[config_lib.TaskConfig]) -> List[config_lib.TaskConfig]:
@@ -78,18 +92,15 @@ class MultiTaskRankingModel(tfrs.Model):
         self._config_tasks = list(config.tasks)
         self._tasks_parents_first = _parents_first(config.tasks)
         model = config.model
-        seed = config.training.seed
-        self.embedding = FeatureEmbedding(config.features, seed=seed, name="features")
-        self.cross = (CrossStack(model.cross_layers, model.cross_projection_dim, seed, name="cross")
-                      if model.cross_layers else None)
-        self.body = build_body(config)
-        self.towers = {t.name: task_tower(t.name, config.training.tower_units, seed, model.dropout,
-                                          model.normalization)
-                       for t in self._config_tasks}
+        # Member i is seeded training.seed + i: member 0 is the network a
+        # one-member model of the same seed has.
+        self.members = [TaskNetwork(config, config.training.seed + i, name=f"member_{i}")
+                        for i in range(model.ensemble_size)]
         self.position_towers = {
             name: PositionTower(model.max_position, model.position_form, name=f"{name}_position")
             for name in model.position_tasks}
         self.ranking_tasks = {t.name: _ranking_task(t) for t in self._config_tasks}
+        self.task_metrics = {t.name: _task_metric(t) for t in self._config_tasks}
         self.loss_weighting = build_loss_weighting(config)
         # tfrs reports each step's loss; these are each task's mean loss over
         # every example of the epoch (that the task is defined on), which is
@@ -102,15 +113,13 @@ class MultiTaskRankingModel(tfrs.Model):
 
     # --- predictions --------------------------------------------------------
 
-    def tower_logits(self, features: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
-        """Each tower's own output, [batch]: for an ESMM task the logit of
-        P(task | parent)."""
-        x = self.embedding(features)
-        if self.cross is not None:
-            x = self.cross(x)
-        tower_inputs = self.body(x, training=training)
-        return {name: tf.squeeze(tower(tower_inputs[name], training=training), axis=-1)
-                for name, tower in self.towers.items()}
+    def member_logits(self, features: Dict[str, tf.Tensor], training=None,
+                      position: Optional[tf.Tensor] = None) -> List[Dict[str, tf.Tensor]]:
+        """Each member's raw output per task, [batch]: a logit for binary
+        tasks (of the product for ESMM tasks), the value for regression
+        tasks; position-free unless `position` is given."""
+        return [self._chained(member(features, training=training), position)
+                for member in self.members]
 
     def _chained(self, own: Dict[str, tf.Tensor],
                  position: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
@@ -124,22 +133,18 @@ class MultiTaskRankingModel(tfrs.Model):
             logits[task.name] = logit
         return logits
 
-    def task_logits(self, features: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
-        """Each task's served raw output, [batch], position-free: a logit for
-        binary tasks (of the product for ESMM tasks), the value for
-        regression tasks."""
-        return self._chained(self.tower_logits(features, training))
-
-    def call(self, features: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
-        own = self.tower_logits(features, training)
+    def _member_outputs(self, own: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         logits = self._chained(own)
-        outputs = {
-            t.name: tf.sigmoid(logits[t.name]) if t.type == "binary" else logits[t.name]
-            for t in self._config_tasks}
+        outputs = {t.name: _predictions(t, logits[t.name]) for t in self._config_tasks}
         for task in self._config_tasks:
             if task.depends_on:
                 outputs[task.conditional_output] = tf.sigmoid(own[task.name])
         return outputs
+
+    def call(self, features: Dict[str, tf.Tensor], training=None) -> Dict[str, tf.Tensor]:
+        members = [self._member_outputs(member(features, training=training))
+                   for member in self.members]
+        return {name: _mean([outputs[name] for outputs in members]) for name in members[0]}
 
     # --- losses -------------------------------------------------------------
 
@@ -162,10 +167,11 @@ class MultiTaskRankingModel(tfrs.Model):
                     f"model.position_tasks {sorted(self.position_towers)}: the training "
                     f"features have no '{config_lib.POSITION}' (logs without positions?)")
             position = features[config_lib.POSITION]
-        logits = self._chained(self.tower_logits(features, training), position)
+        members = self.member_logits(features, training, position)
         losses = {}
         for index, task in enumerate(self._config_tasks):
-            # [batch, 1]: Keras losses average over the last axis.
+            # [batch, members]: Keras losses average over the last axis.
+            logits = tf.stack([logits[task.name] for logits in members], axis=1)
             y = tf.reshape(tf.cast(labels[task.label_key], tf.float32), [-1, 1])
             if task.condition:
                 parent_label = labels[f"{task.condition}_label"]
@@ -173,8 +179,11 @@ class MultiTaskRankingModel(tfrs.Model):
             else:
                 mask = tf.ones_like(y)
             per_example = self.ranking_tasks[task.name](
-                labels=y, predictions=logits[task.name][:, None], sample_weight=mask,
-                training=training)
+                labels=tf.broadcast_to(y, tf.shape(logits)), predictions=logits,
+                sample_weight=mask, training=training)
+            self.task_metrics[task.name].update_state(
+                y, tf.reduce_mean(_predictions(task, logits), axis=1, keepdims=True),
+                sample_weight=mask)
             self.task_loss_means[task.name].update_state(per_example, sample_weight=mask[:, 0])
             self.weighted_loss.update_state(index, per_example, mask)
             examples = _sum_over_replicas(tf.reduce_sum(mask))
@@ -226,7 +235,7 @@ class MultiTaskRankingModel(tfrs.Model):
         variables = self.trainable_variables
         pairs = list(zip(gradients(loss_to_differentiate, variables), variables))
         if weighting.needs_task_gradients:
-            shared = self.body.shared_variables
+            shared = [v for member in self.members for v in member.shared_variables]
             loss_weights = {t.name: t.loss_weight for t in self._config_tasks}
 
             def task_gradient_norm(name):

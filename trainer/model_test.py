@@ -66,7 +66,7 @@ def test_call_returns_one_prediction_per_task(config):
 def test_call_is_sigmoid_of_logits_for_binary_tasks_only(config):
     model = task_lib.build_model(config)
     features, _ = _batch(config)
-    logits = model.task_logits(features)
+    logits = model.member_logits(features)[0]
     outputs = model(features)
     np.testing.assert_allclose(outputs["click"], tf.sigmoid(logits["click"]), rtol=1e-6)
     np.testing.assert_allclose(outputs["purchase"], tf.sigmoid(logits["purchase"]), rtol=1e-6)
@@ -121,8 +121,8 @@ def test_evaluate_reports_loss_over_whole_eval_set(config):
     assert reported["total_loss"] == pytest.approx(whole, rel=1e-4)
 
 
-def _per_task_losses(model, config, features, labels):
-    logits = model.task_logits(features)
+def _per_task_losses(config, logits, labels):
+    """Each task's mean loss of one member's logits (model.member_logits)."""
     losses = {}
     for task in config.tasks:
         y, z = labels[task.label_key], logits[task.name]
@@ -139,9 +139,46 @@ def test_compute_loss_is_weighted_sum_of_task_losses(config):
     features, labels = _batch(config)
     weights = {t.name: t.loss_weight for t in config.tasks}
     assert len(set(weights.values())) == len(weights)  # distinct weights in the test config
-    losses = _per_task_losses(model, config, features, labels)
+    losses = _per_task_losses(config, model.member_logits(features)[0], labels)
     expected = sum(weights[name] * float(loss) for name, loss in losses.items())
     assert float(model.compute_loss((features, labels))) == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_ensemble_serves_the_mean_of_members_that_start_apart():
+    config = tu.small_config(model={"ensemble_size": 3})
+    model = task_lib.build_model(config)
+    features, _ = _batch(config)
+    outputs = model(features)
+    members = model.member_logits(features)
+    assert len(members) == 3
+    np.testing.assert_allclose(
+        outputs["click"], np.mean([tf.sigmoid(m["click"]) for m in members], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        outputs["dwell"], np.mean([m["dwell"] for m in members], axis=0), rtol=1e-5)
+    assert not np.allclose(members[0]["click"], members[1]["click"])
+    assert not np.allclose(members[1]["click"], members[2]["click"])
+    # Member 0 is the network a one-member model of the same seed has.
+    single = task_lib.build_model(tu.small_config())
+    np.testing.assert_allclose(single.member_logits(features)[0]["click"], members[0]["click"],
+                               rtol=1e-6)
+
+
+def test_each_ensemble_member_trains_on_its_own_loss_and_metrics_score_the_mean():
+    config = tu.small_config(model={"ensemble_size": 2})
+    model = task_lib.build_model(config)
+    features, labels = _batch(config)
+    members = [_per_task_losses(config, logits, labels)
+               for logits in model.member_logits(features)]
+    # The mean of the members' own losses, not the loss of their mean: no
+    # member's gradient depends on another member's output.
+    losses = model.task_losses((features, labels))
+    for name, loss in losses.items():
+        assert float(loss) == pytest.approx(
+            (float(members[0][name]) + float(members[1][name])) / 2, rel=1e-5), name
+    served_auc = tf.keras.metrics.AUC()
+    served_auc.update_state(labels["click_label"], model(features)["click"])
+    assert float(model.task_metrics["click"].result()) == pytest.approx(
+        float(served_auc.result()), abs=1e-6)
 
 
 def test_zero_loss_weight_gives_task_tower_no_gradient():
@@ -153,7 +190,7 @@ def test_zero_loss_weight_gives_task_tower_no_gradient():
     model(features)
     with tf.GradientTape() as tape:
         loss = model.compute_loss((features, labels), training=True)
-    towers = {name: tower.trainable_variables for name, tower in model.towers.items()}
+    towers = {name: tower.trainable_variables for name, tower in model.members[0].towers.items()}
     grads = tape.gradient(loss, [v for vs in towers.values() for v in vs])
     i = 0
     norms = {}
@@ -401,9 +438,10 @@ def test_towers_and_tables_start_from_different_weights(config):
     model = task_lib.build_model(config)
     model(tu.random_transformed_batch(config, 4, seed=6))
     first_hidden = {name: tower.layers[0].layers[0].kernel.numpy()
-                    for name, tower in model.towers.items()}
+                    for name, tower in model.members[0].towers.items()}
     assert not np.allclose(first_hidden["click"], first_hidden["purchase"])
-    tables = {layer.name: layer.embeddings.numpy() for layer in model.embedding._embeddings.values()}
+    tables = {layer.name: layer.embeddings.numpy()
+              for layer in model.members[0].embedding._embeddings.values()}
     user, item = tables["user_id_embedding"], tables["item_id_embedding"]
     rows = min(len(user), len(item))
     assert not np.allclose(user[:rows, :min(user.shape[1], item.shape[1])],
@@ -411,7 +449,7 @@ def test_towers_and_tables_start_from_different_weights(config):
     # ... and the same config seed gives the same start again.
     again = task_lib.build_model(config)
     again(tu.random_transformed_batch(config, 4, seed=6))
-    assert np.allclose(again.towers["click"].layers[0].layers[0].kernel.numpy(),
+    assert np.allclose(again.members[0].towers["click"].layers[0].layers[0].kernel.numpy(),
                        first_hidden["click"])
 
 
@@ -470,7 +508,7 @@ def test_conditional_task_loss_is_masked_to_the_parents_positives():
     no_clicks = dict(labels, click_label=tf.zeros_like(labels["click_label"]))
     with tf.GradientTape() as tape:
         masked = model.task_losses((features, no_clicks))["purchase"]
-    grads = tape.gradient(masked, model.towers["purchase"].trainable_variables)
+    grads = tape.gradient(masked, model.members[0].towers["purchase"].trainable_variables)
     assert float(masked) == 0.0 and all(g is None or not np.any(g.numpy()) for g in grads)
 
 
@@ -520,7 +558,7 @@ def test_outputs_and_losses_are_float32_under_mixed_precision():
         logs = model.train_step((features, labels))
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
-    assert model.body.experts.experts[0].layers[0].compute_dtype == "float16"
+    assert model.members[0].body.experts.experts[0].layers[0].compute_dtype == "float16"
     assert all(v.dtype == tf.float32 for v in outputs.values())
     assert np.isfinite(float(logs["loss"]))
 
