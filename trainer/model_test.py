@@ -491,6 +491,23 @@ def test_esmm_serves_click_ctcvr_and_cvr_and_trains_ctcvr_on_all_impressions():
     assert losses["purchase"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_an_esmm_ensemble_serves_the_mean_of_each_members_funnel():
+    config = _funnel_config({"depends_on": "click"}, model={"ensemble_size": 2})
+    model = MultiTaskRankingModel(config)
+    features, _ = _funnel_batch(config)
+    outputs = {k: v.numpy() for k, v in model(features).items()}
+    own = [member(features) for member in model.members]
+    click = [tf.sigmoid(o["click"]).numpy() for o in own]
+    given_click = [tf.sigmoid(o["purchase"]).numpy() for o in own]
+    np.testing.assert_allclose(outputs["click"], np.mean(click, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(outputs["purchase_given_click"], np.mean(given_click, axis=0),
+                               rtol=1e-5)
+    # The mean of the members' products, as docs/config.md says.
+    np.testing.assert_allclose(
+        outputs["purchase"], np.mean([c * g for c, g in zip(click, given_click)], axis=0),
+        rtol=1e-5)
+
+
 def test_conditional_task_loss_is_masked_to_the_parents_positives():
     config = _funnel_config({"condition": "click"})
     assert config.output_names == ["click", "purchase"]
