@@ -167,11 +167,11 @@ class MultiTaskRankingModel(tfrs.Model):
                     f"model.position_tasks {sorted(self.position_towers)}: the training "
                     f"features have no '{config_lib.POSITION}' (logs without positions?)")
             position = features[config_lib.POSITION]
-        members = self.member_logits(features, training, position)
+        each_member = self.member_logits(features, training, position)
         losses = {}
         for index, task in enumerate(self._config_tasks):
             # [batch, members]: Keras losses average over the last axis.
-            logits = tf.stack([logits[task.name] for logits in members], axis=1)
+            logits = tf.stack([member[task.name] for member in each_member], axis=1)
             y = tf.reshape(tf.cast(labels[task.label_key], tf.float32), [-1, 1])
             if task.condition:
                 parent_label = labels[f"{task.condition}_label"]
