@@ -17,7 +17,7 @@ same requests are measured in this one process run:
   in-process      the SavedModel's serving_default called directly, one
                   call per request, the way the server runs it (a Session
                   callable, serving/model_store.py) and with the same
-                  TensorFlow thread settings, but without the server's
+                  TensorFlow kernels and thread settings, but without the server's
                   check of the Examples: the model alone
   server          `mtrank serve` in a subprocess, over gRPC on 127.0.0.1,
                   Predict through the stock stubs, no batching
@@ -60,6 +60,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from pipeline import keras_env  # noqa: E402,F401  (before TensorFlow)
+from serving import kernels  # noqa: E402
+
+# The in-process calls run on the CPU kernels `mtrank serve` uses.
+kernels.use_tf_serving_kernels()
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402

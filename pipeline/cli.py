@@ -139,6 +139,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from serving import kernels
+
+    kernels.use_tf_serving_kernels()  # before TensorFlow is imported
     from serving import server, server_config
 
     if bool(args.model_base) == bool(args.model_config_file):
