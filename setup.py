@@ -1,15 +1,21 @@
-"""mtrank: a TFX pipeline for multi-task recommendation ranking."""
-from setuptools import find_packages, setup
+"""mtrank: a TFX pipeline for multi-task recommendation ranking.
+
+Installed code imports as `mtrank.<package>`; the packages stay at the top of
+the repository, one folder each, mapped here.
+"""
+from setuptools import setup
+
+PACKAGES = ("base", "cli", "simulator", "pipeline", "components", "trainer", "serving",
+            "reporting", "kubeflow")
 
 setup(
     name="mtrank",
     version="0.1.0",
     description="End-to-end TFX pipeline for multi-task recommendation ranking",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(
-        include=["pipeline*", "components*", "trainer*", "serving*", "kubeflow*"]
-    ),
-    package_data={"pipeline": ["configs/*.yaml", "schemas/*.pbtxt"]},
+    packages=[f"mtrank.{name}" for name in PACKAGES],
+    package_dir={f"mtrank.{name}": name for name in PACKAGES},
+    package_data={"mtrank.pipeline": ["configs/*.yaml", "schemas/*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",
@@ -29,5 +35,5 @@ setup(
         "matplotlib",  # plots of `mtrank report`
     ],
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["mtrank=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["mtrank=mtrank.cli.main:main"]},
 )

@@ -38,7 +38,7 @@ from typing import Dict, List, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality  # noqa: E402  (sets up the path and Keras 2 before TensorFlow)
 
-from pipeline import config as config_lib  # noqa: E402
+from mtrank.base import config as config_lib  # noqa: E402
 
 DEFAULT_DATA = os.path.join(quality.ROOT, "..", "shared", "data", "census-income.test.gz")
 DEFAULT_CONFIG = os.path.join(quality.ROOT, "pipeline", "configs", "census.yaml")

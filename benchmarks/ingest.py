@@ -48,8 +48,6 @@ import time
 from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 # The simulator writes about this many events (lines) per impression.
 EVENTS_PER_IMPRESSION = 1.16
@@ -72,7 +70,6 @@ def _child_env() -> Dict[str, str]:
     # Keras 2 before TensorFlow is imported, as everywhere in this project.
     env.setdefault("TF_USE_LEGACY_KERAS", "1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     env["PYTHONWARNINGS"] = "ignore"
     return env
 
@@ -81,7 +78,8 @@ def _child_env() -> Dict[str, str]:
 
 
 def _child_simulate(logs_dir: str, events: int, days: int, seed: int) -> None:
-    from pipeline import config_inference, simulator
+    from mtrank.pipeline import config_inference
+    from mtrank.simulator import logs as simulator
 
     impressions = max(1, round(events / EVENTS_PER_IMPRESSION))
     started = time.perf_counter()
@@ -109,7 +107,7 @@ def _child_ours(log_glob: str, config_json: str, output: str, beam_args: List[st
     import apache_beam as beam
     from tfx.types import standard_artifacts
 
-    from components import log_example_gen
+    from mtrank.components import log_example_gen
 
     examples = standard_artifacts.Examples()
     examples.uri = os.path.join(output, "examples")

@@ -13,18 +13,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline import config as config_lib  # noqa: E402
+from mtrank.base import config as config_lib  # noqa: E402
 
 TRANSFORM_MARKER = "transform_outputs.json"
 
@@ -56,7 +53,7 @@ def _latest_outputs(metadata_path: str, node_id: str) -> Dict[str, list]:
     of `node_id`."""
     from ml_metadata.proto import metadata_store_pb2
 
-    from pipeline import run_summary
+    from mtrank.reporting import run_summary
 
     store = run_summary.open_store(metadata_path)
     executions = sorted(store.get_executions(), key=lambda e: e.id, reverse=True)
@@ -82,8 +79,8 @@ def transform_once(input_glob: str, work_dir: str, config: config_lib.Config
                    ) -> TransformOutputs:
     """Runs the pipeline up to Transform on `input_glob`, or reuses the run
     an earlier call made in `work_dir` for the same input and config."""
-    from components import tabular_example_gen
-    from pipeline import local_runner
+    from mtrank.components import tabular_example_gen
+    from mtrank.pipeline import local_runner
 
     marker = os.path.join(work_dir, TRANSFORM_MARKER)
     fingerprint = _fingerprint(input_glob, config)
@@ -126,7 +123,7 @@ def _examples_artifact(outputs: TransformOutputs):
 
 
 def fn_args(outputs: TransformOutputs, config: config_lib.Config, run_dir: str):
-    from trainer import task
+    from mtrank.trainer import task
 
     return task.fn_args_from_artifacts(
         _examples_artifact(outputs), outputs.transform_graph, config,
@@ -141,7 +138,7 @@ def split_dataset(outputs: TransformOutputs, config: config_lib.Config, split: s
     from tfx.types import artifact_utils
     from tfx.utils import io_utils
 
-    from trainer import task
+    from mtrank.trainer import task
 
     artifact = _examples_artifact(outputs)
     accessor = fn_args_utils.get_common_fn_args(
@@ -173,7 +170,7 @@ def train_and_score(outputs: TransformOutputs, config: config_lib.Config, run_di
     stopping on eval) and returns each binary task's AUC on `split`."""
     from sklearn.metrics import roc_auc_score
 
-    from trainer import task
+    from mtrank.trainer import task
 
     model, _ = task.train_model(fn_args(outputs, config, run_dir), config)
     labels, scores = predictions(model, split_dataset(outputs, config, split), config)

@@ -56,11 +56,9 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from pipeline import keras_env  # noqa: E402,F401  (before TensorFlow)
-from serving import kernels  # noqa: E402
+from mtrank.base import keras_env  # noqa: E402,F401  (before TensorFlow)
+from mtrank.serving import kernels  # noqa: E402
 
 # The in-process calls run on the CPU kernels `mtrank serve` uses.
 kernels.use_tf_serving_kernels()
@@ -70,7 +68,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from serving import model_store, server as server_lib  # noqa: E402
+from mtrank.serving import model_store, server as server_lib  # noqa: E402
 
 BATCHING_FILE = os.path.join(ROOT, "serving", "batching_parameters.txt")
 MODES = ("in-process", "server", "server+batch")
@@ -87,7 +85,8 @@ DEMO_DAYS = 7
 def build_demo_model(work: str) -> str:
     """The model `mtrank demo` pushes, built under `work` unless already
     there; returns its model base directory."""
-    from pipeline import config_inference, local_runner, simulator
+    from mtrank.pipeline import config_inference, local_runner
+    from mtrank.simulator import logs as simulator
 
     logs_dir = os.path.join(work, "logs")
     log_glob = os.path.join(logs_dir, simulator.EVENT_FILE_GLOB)

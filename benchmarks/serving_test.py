@@ -10,12 +10,8 @@ import sys
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serving.py")
 ROOT = os.path.dirname(os.path.dirname(SCRIPT))
-# pytest puts benchmarks/ on sys.path, where serving.py would shadow the
-# serving package.
-if sys.path[0] != ROOT:
-    sys.path.insert(0, ROOT)
 
-from serving import testing_util  # noqa: E402
+from mtrank_testing import serving_util as testing_util  # noqa: E402
 
 
 def test_benchmark_end_to_end(tmp_path):

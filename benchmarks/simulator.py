@@ -31,7 +31,7 @@ from typing import Dict, List
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality  # noqa: E402
 
-from pipeline import config as config_lib  # noqa: E402
+from mtrank.base import config as config_lib  # noqa: E402
 
 DEFAULT_MODELS = "shared_bottom,mmoe,cgc,ple,shared_bottom+position,ple+position"
 POSITION_SUFFIX = "+position"
@@ -43,7 +43,7 @@ TRUTH_NO_POSITION = "truth (no position)"
 def ensure_logs(work_dir: str, impressions: int, days: int, seed: int) -> str:
     """Simulated logs under work_dir/logs, written once per (impressions,
     days, seed); returns their glob."""
-    from pipeline import simulator
+    from mtrank.simulator import logs as simulator
 
     logs_dir = os.path.join(work_dir, "logs")
     marker = os.path.join(logs_dir, SIMULATED_MARKER)
@@ -67,7 +67,8 @@ def model_config(config: config_lib.Config, name: str) -> config_lib.Config:
 
 def truth_aucs(log_glob: str, outputs: quality.TransformOutputs,
                config: config_lib.Config) -> Dict[str, Dict[str, float]]:
-    from pipeline import run_summary, simulator
+    from mtrank.reporting import run_summary
+    from mtrank.simulator import logs as simulator
 
     truth_file = os.path.join(os.path.dirname(log_glob), simulator.TRUTH_FILE_NAME)
     by_task = run_summary.truth_auc(truth_file, outputs.examples, config)
@@ -80,7 +81,7 @@ def truth_aucs(log_glob: str, outputs: quality.TransformOutputs,
 
 
 def run(work_dir: str, impressions: int, days: int, models: List[str], seed: int = 0) -> dict:
-    from pipeline import config_inference
+    from mtrank.pipeline import config_inference
 
     work_dir = os.path.abspath(work_dir)
     os.makedirs(work_dir, exist_ok=True)

@@ -26,7 +26,7 @@ CENSUS_SMOKE_FEATURES = ("age", "education", "sex", "weeks_worked", "det_hh_summ
 
 
 def census_smoke_config(path) -> str:
-    from pipeline import config as config_lib
+    from mtrank.base import config as config_lib
 
     config = config_lib.load_config(os.path.join(BENCHMARKS, "..", "pipeline", "configs",
                                                  "census.yaml"))

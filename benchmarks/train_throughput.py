@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import census  # noqa: E402
 import quality  # noqa: E402
 
-from pipeline import config as config_lib  # noqa: E402
+from mtrank.base import config as config_lib  # noqa: E402
 
 
 def in_memory_dataset(dataset, batch_size: int):
@@ -52,7 +52,7 @@ def in_memory_dataset(dataset, batch_size: int):
 
 
 def measure(outputs: quality.TransformOutputs, config: config_lib.Config, repeats: int) -> dict:
-    from trainer import task
+    from mtrank.trainer import task
 
     batch_size = config.training.batch_size
     from_files = quality.split_dataset(outputs, config, "train", batch_size)

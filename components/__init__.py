@@ -1,2 +1,2 @@
 """components of mtrank."""
-from pipeline import keras_env  # noqa: F401  (must precede TensorFlow)
+from mtrank.base import keras_env  # noqa: F401  (must precede TensorFlow)

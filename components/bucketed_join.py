@@ -32,8 +32,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from components import ingest, log_contract, spans
-from pipeline import config as config_lib
+from mtrank.components import ingest, spans
+from mtrank.base import log_contract
+from mtrank.base import config as config_lib
 
 NUM_BUCKETS = 64
 # The one-pipeline join held about 4.4 KB a line at 250k lines (1.7 GB peak

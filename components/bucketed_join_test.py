@@ -8,14 +8,14 @@ import os
 import apache_beam as beam
 import pytest
 
-from components import bucketed_join, ingest, spans
-from components.ingest_test import (  # the one-pipeline reference and its logs
+from mtrank.components import bucketed_join, ingest, spans
+from mtrank.components.ingest_test import (  # the one-pipeline reference and its logs
     _conservation_holds, _fuzzed_lines, _run, _write_logs)
 
 
 def _run_bucketed(input_glob, out_dir, max_pass_records, config=None, span_input=None):
     """Like ingest_test._run, through bucketed_join.run."""
-    from components.ingest_test import CONFIG
+    from mtrank.components.ingest_test import CONFIG
 
     def write_outputs(outputs, name):
         for split in ingest.SPLITS:
@@ -81,7 +81,7 @@ def test_passes_on_fuzzed_logs_conserve_every_line(tmp_path):
 
 
 def test_passes_with_a_span_and_its_lookahead(tmp_path):
-    from components.ingest_test import _fb, _imp
+    from mtrank.components.ingest_test import _fb, _imp
 
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -6,7 +6,7 @@ import pytest
 import tensorflow_data_validation as tfdv
 from tfx.types import artifact_utils, standard_artifacts
 
-from components import data_gate
+from mtrank.components import data_gate
 
 
 def _anomalies_artifact(tmp_path, anomalies_by_split):
@@ -139,7 +139,7 @@ def test_environments_labels_absent_at_serving():
 
 
 def test_curated_simulator_schema():
-    from pipeline import simulator
+    from mtrank.simulator import logs as simulator
 
     schema = tfdv.load_schema_text(os.path.join(
         os.path.dirname(__file__), "..", "pipeline", "schemas", "simulator.pbtxt"))

@@ -20,8 +20,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from components import labelling, log_contract, log_files, spans
-from pipeline import config as config_lib
+from mtrank.components import labelling, spans
+from mtrank.base import log_contract, log_files
+from mtrank.base import config as config_lib
 
 SPLITS = ("train", "eval")
 # Record tags in the join, and the parse's outputs.

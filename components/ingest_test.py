@@ -14,10 +14,11 @@ import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from components import ingest, log_files, spans
-from components import log_contract as lc
-from pipeline import config as config_lib
-from pipeline import simulator
+from mtrank.components import ingest, spans
+from mtrank.base import log_files
+from mtrank.base import log_contract as lc
+from mtrank.base import config as config_lib
+from mtrank.simulator import logs as simulator
 
 CONFIG = config_lib.config_from_dict({
     "model_name": "m",
@@ -486,7 +487,7 @@ def span_logs(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("span_logs"))
     simulator.simulate(out, impressions=1500, days=SPAN_LOGS_DAYS, seed=3)
     pattern = os.path.join(out, "events-{YYYY}-{MM}-{DD}*")
-    from pipeline import config_inference
+    from mtrank.pipeline import config_inference
     config = config_inference.infer_config(pattern)
     # A click a minute after midnight on the impression of a minute before,
     # in the next day's partition, at every day boundary.

@@ -17,8 +17,8 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Union
 
 import tensorflow as tf
 
-from components import log_contract
-from pipeline import config as config_lib
+from mtrank.base import log_contract
+from mtrank.base import config as config_lib
 
 # Outcome names, the keys of the ingestion counts.
 EXAMPLE = "impressions"

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from components import labelling, log_contract as lc
-from pipeline import config as config_lib
+from mtrank.components import labelling
+from mtrank.base import log_contract as lc
+from mtrank.base import config as config_lib
 
 MICROS = 1_000_000
 DAY_US = 86400 * MICROS

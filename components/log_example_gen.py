@@ -34,8 +34,8 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
-from components import bucketed_join, ingest, spans
-from pipeline import config as config_lib
+from mtrank.components import bucketed_join, ingest, spans
+from mtrank.base import config as config_lib
 
 COUNTS_FILE = "counts.json"
 COUNTS_PROPERTY = "ingest_counts"

@@ -4,7 +4,7 @@ import datetime
 import pytest
 from tfx.types import standard_artifacts
 
-from components import spans
+from mtrank.components import spans
 
 PATTERN_DIR = "logs/{YYYY}-{MM}-{DD}/*.jsonl.gz"
 

@@ -24,8 +24,9 @@ from typing import List, Optional, Sequence, Union
 
 import tensorflow as tf
 
-from components import labelling, log_contract
-from pipeline import config as config_lib
+from mtrank.components import labelling
+from mtrank.base import log_contract
+from mtrank.base import config as config_lib
 
 # Dead-letter reasons of tabular rows.
 NOT_UTF8 = "not_utf8"

@@ -37,9 +37,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from components import ingest, labelling, tabular
-from components.log_example_gen import COUNTS_PROPERTY
-from pipeline import config as config_lib
+from mtrank.components import ingest, labelling, tabular
+from mtrank.components.log_example_gen import COUNTS_PROPERTY
+from mtrank.base import config as config_lib
 
 # The component id of each format's ExampleGen.
 COMPONENT_IDS = {"csv": "CsvExampleGen", "tfrecord": "ImportExampleGen"}

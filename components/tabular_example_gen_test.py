@@ -11,11 +11,11 @@ from tfx import v1 as tfx
 from tfx.orchestration import metadata
 from tfx.utils import proto_utils
 
-from components import tabular_example_gen
-from components.log_example_gen import COUNTS_PROPERTY
-from pipeline import config as config_lib
-from pipeline import pipeline as pipeline_lib
-from pipeline import run_summary
+from mtrank.components import tabular_example_gen
+from mtrank.components.log_example_gen import COUNTS_PROPERTY
+from mtrank.base import config as config_lib
+from mtrank.pipeline import pipeline as pipeline_lib
+from mtrank.reporting import run_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CENSUS_FILE = os.path.join(os.path.dirname(REPO), "shared", "data", "census-income.test.gz")

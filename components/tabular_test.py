@@ -2,8 +2,8 @@
 import pytest
 import tensorflow as tf
 
-from components import tabular
-from pipeline import config as config_lib
+from mtrank.components import tabular
+from mtrank.base import config as config_lib
 
 CONFIG = config_lib.config_from_dict({
     "model_name": "m",

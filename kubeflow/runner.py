@@ -15,10 +15,10 @@ from typing import List, Optional
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
-from components import spans
-from pipeline import config as config_lib
-from pipeline import eval_config as eval_config_lib
-from pipeline import pipeline as pipeline_lib
+from mtrank.components import spans
+from mtrank.base import config as config_lib
+from mtrank.components import eval_config as eval_config_lib
+from mtrank.pipeline import pipeline as pipeline_lib
 
 DEFAULT_IMAGE = "mtrank:0.1.0"
 

@@ -6,10 +6,10 @@ import pytest
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from kubeflow import runner
-from pipeline import cli
-from pipeline import config as config_lib
-from trainer import testing_util as tu
+from mtrank.kubeflow import runner
+from mtrank.cli import main as cli
+from mtrank.base import config as config_lib
+from mtrank_testing import trainer_util as tu
 
 IMAGE = "registry.example/mtrank:1.2.3"
 ROOT = "gs://bucket/mtrank"
@@ -53,8 +53,8 @@ def test_every_component_runs_in_the_image(spec):
 
 def test_code_is_referenced_by_import_path_not_uploaded(spec):
     text = json.dumps(spec)
-    assert "trainer.task.run_fn" in text
-    assert "trainer.preprocessing.preprocessing_fn" in text
+    assert "mtrank.trainer.task.run_fn" in text
+    assert "mtrank.trainer.preprocessing.preprocessing_fn" in text
     assert "module_file" not in text or '"module_file": ""' in text.replace(" ", "")
 
 

@@ -8,7 +8,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 CELLS = [
     new_markdown_cell(
         "# Debugging the mtrank pipeline one component at a time\n\n"
-        "The same components `mtrank run` wires (`pipeline.pipeline.create_pipeline`), run "
+        "The same components `mtrank run` wires (`mtrank.pipeline.pipeline.create_pipeline`), run "
         "here one by one with TFX's `InteractiveContext`, so each output can be looked at "
         "before the next step: statistics, schema, anomalies, the training curve and the "
         "evaluation per task. It simulates small logs; point `LOG_GLOB` at your own logs "
@@ -27,7 +27,10 @@ CELLS = [
         "import tensorflow as tf\n"
         "from tfx.orchestration.experimental.interactive.interactive_context import "
         "InteractiveContext\n"
-        "from pipeline import config_inference, eval_config, pipeline, run_summary, simulator\n"
+        "from mtrank.components import eval_config\n"
+        "from mtrank.pipeline import config_inference, pipeline\n"
+        "from mtrank.reporting import run_summary\n"
+        "from mtrank.simulator import logs as simulator\n"
         "\n"
         "if LOG_GLOB is None:\n"
         "    simulator.simulate(os.path.join(WORK_DIR, 'logs'), impressions=IMPRESSIONS, "
@@ -66,7 +69,7 @@ CELLS = [
         "schema = tfdv.load_schema_text(os.path.join(schema_uri, 'schema.pbtxt'))\n"
         "tfdv.display_schema(schema)"),
     new_code_cell(
-        "from components import data_gate\n"
+        "from mtrank.components import data_gate\n"
         "anomalies = data_gate.read_anomalies("
         "components['ExampleValidator'].outputs['anomalies'].get()[0])\n"
         "anomalies or 'no anomalies'"),

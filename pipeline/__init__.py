@@ -1,2 +1,2 @@
-"""mtrank pipeline: config, pipeline definition, runners and CLI."""
-from pipeline import keras_env  # noqa: F401  (must precede TensorFlow)
+"""The pipeline: `create_pipeline`, the local runner and config inference."""
+from mtrank.base import keras_env  # noqa: F401  (must precede TensorFlow)

@@ -12,8 +12,9 @@ import logging
 import math
 from typing import Dict, Iterable, List, Optional
 
-from components import log_contract, log_files, spans
-from pipeline import config as config_lib
+from mtrank.base import log_contract, log_files
+from mtrank.components import spans
+from mtrank.base import config as config_lib
 
 # The architecture of inferred configs: PLE led every task on 200k simulated
 # impressions (benchmarks/simulator.py: click AUC 0.631 against 0.606-0.608

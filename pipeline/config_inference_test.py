@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from components import labelling, log_contract
-from pipeline import config as config_lib
-from pipeline import config_inference as ci
-from pipeline.config import ConfigError
+from mtrank.components import labelling
+from mtrank.base import log_contract
+from mtrank.base import config as config_lib
+from mtrank.pipeline import config_inference as ci
+from mtrank.base.config import ConfigError
 
 
 def _imp(i, features, user=None, item=None):

@@ -23,10 +23,10 @@ from tfx import v1 as tfx
 from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 
-from pipeline import config as config_lib
-from pipeline import eval_config as eval_config_lib
-from pipeline import pipeline as pipeline_lib
-from pipeline import run_summary
+from mtrank.base import config as config_lib
+from mtrank.components import eval_config as eval_config_lib
+from mtrank.pipeline import pipeline as pipeline_lib
+from mtrank.reporting import run_summary
 
 METADATA_FILE = "metadata.sqlite"
 SUMMARY_FILE = "run_summary.json"

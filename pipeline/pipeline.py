@@ -9,15 +9,15 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from components import spans, tabular_example_gen
-from components.data_gate import DataValidationGate
-from components.log_example_gen import LogExampleGen
-from pipeline import config as config_lib
-from pipeline.resolvers import LatestOrNoneStrategy
-from pipeline.sliced_evaluator import SlicedEvaluator
+from mtrank.components import spans, tabular_example_gen
+from mtrank.components.data_gate import DataValidationGate
+from mtrank.components.log_example_gen import LogExampleGen
+from mtrank.base import config as config_lib
+from mtrank.components.resolvers import LatestOrNoneStrategy
+from mtrank.components.sliced_evaluator import SlicedEvaluator
 
-PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
-RUN_FN = "trainer.task.run_fn"
+PREPROCESSING_FN = "mtrank.trainer.preprocessing.preprocessing_fn"
+RUN_FN = "mtrank.trainer.task.run_fn"
 
 
 def make_example_gen(input_glob: str, config: config_lib.Config, span: int = -1):

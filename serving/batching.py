@@ -22,8 +22,8 @@ from typing import Callable, Deque, Dict, Hashable, List, Mapping, Optional, Seq
 import grpc
 import numpy as np
 
-from serving.errors import RequestError
-from serving.server_config import BatchingParameters
+from mtrank.serving.errors import RequestError
+from mtrank.serving.server_config import BatchingParameters
 
 logger = logging.getLogger(__name__)
 

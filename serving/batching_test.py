@@ -5,9 +5,9 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import batching
-from serving.errors import RequestError
-from serving.server_config import BatchingParameters
+from mtrank.serving import batching
+from mtrank.serving.errors import RequestError
+from mtrank.serving.server_config import BatchingParameters
 
 
 class RecordingModel:

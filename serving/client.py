@@ -26,9 +26,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components import log_contract, log_files
-from serving import model_store, signatures
-from serving.server import GRPC_OPTIONS, SIGNATURE_DEF_FIELD
+from mtrank.base import log_contract, log_files
+from mtrank.serving import model_store, signatures
+from mtrank.serving.server import GRPC_OPTIONS, SIGNATURE_DEF_FIELD
 
 logger = logging.getLogger(__name__)
 

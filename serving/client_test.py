@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import client, testing_util
+from mtrank.serving import client
+from mtrank_testing import serving_util as testing_util
 
 
 def kinds(example):

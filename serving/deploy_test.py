@@ -10,7 +10,8 @@ import tensorflow as tf
 import yaml
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from serving import server as server_lib, server_config, testing_util
+from mtrank.serving import server as server_lib, server_config
+from mtrank_testing import serving_util as testing_util
 
 SERVING_DIR = os.path.dirname(os.path.abspath(__file__))
 K8S_DIR = os.path.join(SERVING_DIR, "k8s")

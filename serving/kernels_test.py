@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from serving import kernels
+from mtrank.serving import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What TensorFlow itself decided, read after the import.
 PROBE = """
-from serving import kernels
+from mtrank.serving import kernels
 kernels.use_tf_serving_kernels()
 import tensorflow as tf
 from tensorflow.python.util import _pywrap_util_port

@@ -41,8 +41,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import model_store, server_config
-from serving.errors import not_found
+from mtrank.serving import model_store, server_config
+from mtrank.serving.errors import not_found
 
 logger = logging.getLogger(__name__)
 

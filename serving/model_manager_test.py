@@ -11,8 +11,9 @@ import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import model_manager, server_config, testing_util
-from serving.errors import RequestError
+from mtrank.serving import model_manager, server_config
+from mtrank_testing import serving_util as testing_util
+from mtrank.serving.errors import RequestError
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
@@ -104,7 +105,7 @@ def test_corrupt_newest_version_is_skipped_and_the_last_good_one_serves(
     base = model_base(tmp_path, written, (1, 2))
     os.makedirs(base / "3")
     (base / "3" / "saved_model.pb").write_bytes(b"\x00 this is not a SavedModel")
-    with caplog.at_level(logging.ERROR, logger="serving.model_manager"):
+    with caplog.at_level(logging.ERROR, logger="mtrank.serving.model_manager"):
         manager = model_manager.ModelManager(config_for(base), no_warmup)
 
     assert manager.available() == {"mtrank": (2,)}

@@ -44,9 +44,9 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import batching, metrics as metrics_lib, model_manager, model_store, server_config
-from serving import signatures, tensors
-from serving.errors import RequestError, invalid
+from mtrank.serving import batching, metrics as metrics_lib, model_manager, model_store, server_config
+from mtrank.serving import signatures, tensors
+from mtrank.serving.errors import RequestError, invalid
 
 logger = logging.getLogger(__name__)
 

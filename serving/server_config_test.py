@@ -3,7 +3,7 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import server_config
+from mtrank.serving import server_config
 
 
 def policy(text):

@@ -33,7 +33,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving import model_store, server as server_lib, server_config, testing_util
+from mtrank.serving import model_store, server as server_lib, server_config
+from mtrank_testing import serving_util as testing_util
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS_AND_SCORE = {"click", "purchase", "score"}
@@ -860,7 +861,7 @@ def _self_signed_certificate(directory):
 
 
 def test_tls_serves_verified_clients_only(model_base, tmp_path):
-    from serving import client as client_lib
+    from mtrank.serving import client as client_lib
 
     cert, key, cert_pem = _self_signed_certificate(tmp_path)
     with testing_util.running_server(model_base, tls_cert=cert, tls_key=key) as (_, target):

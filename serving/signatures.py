@@ -38,7 +38,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from pipeline import config as config_lib
+from mtrank.base import config as config_lib
 
 SERVING_SPEC_FILE = "mtrank_serving_spec.json"
 WARMUP_FILE = "tf_serving_warmup_requests"

@@ -10,9 +10,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from serving import client as client_lib, signatures, testing_util
-from trainer import task as task_lib
-from trainer import testing_util as tu
+from mtrank.serving import client as client_lib, signatures
+from mtrank_testing import serving_util as testing_util
+from mtrank.trainer import task as task_lib
+from mtrank_testing import trainer_util as tu
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +271,7 @@ def test_score_formula_follows_the_config():
 
 def test_regress_and_classify_carry_tf_serving_method_names(config, instances, export):
     loaded, export_dir = export[0], export[4]
-    from serving import model_store
+    from mtrank.serving import model_store
     session_signatures = model_store.SessionSignatures(
         export_dir, model_store.session_config(), model_store.read_serving_spec(export_dir))
     defs = session_signatures.signature_defs
@@ -319,7 +320,7 @@ def test_our_server_serves_the_export_with_every_signature(config, instances, ex
     shutil.copytree(export_dir, base / "7")
     features = [_json_features(config, i) for i in instances[:8]]
     expected = _serve(loaded, _serialized(config, instances[:8]))
-    from serving import server_config
+    from mtrank.serving import server_config
     with testing_util.running_server(str(base), config.model_name,
                                      batching=server_config.BatchingParameters()) as (_, target):
         for signature in ("serving_default", "predict_raw"):

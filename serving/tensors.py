@@ -20,8 +20,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving import model_store
-from serving.errors import invalid
+from mtrank.serving import model_store
+from mtrank.serving.errors import invalid
 
 _INTEGER_TYPES = {types_pb2.DT_INT64, types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8,
                   types_pb2.DT_UINT8, types_pb2.DT_UINT16, types_pb2.DT_UINT32,

@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
-from serving import model_store, tensors, testing_util
-from serving.errors import RequestError
+from mtrank.serving import model_store, tensors
+from mtrank_testing import serving_util as testing_util
+from mtrank.serving.errors import RequestError
 
 SPEC = model_store.ServingSpec.from_json({
     "model_name": "mtrank", "tasks": ["click"], "features": testing_util.DEFAULT_FEATURES})

@@ -18,8 +18,11 @@ import yaml
 from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from pipeline import browser_testing, config_inference, report, run_summary, simulator
-from serving import client
+from mtrank_testing import browser as browser_testing
+from mtrank.pipeline import config_inference
+from mtrank.reporting import report, run_summary
+from mtrank.simulator import logs as simulator
+from mtrank.serving import client
 
 MTRANK = [sys.executable, "-m", "pipeline"]
 SCHEMA = os.path.join(os.path.dirname(__file__), "..", "pipeline", "schemas", "simulator.pbtxt")

@@ -27,8 +27,11 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.portable_runner import JobServiceHandle, PortableRunner
 from tfx.utils import dependency_utils
 
-from components import ingest
-from pipeline import cli, config as config_lib, config_inference, local_runner, simulator
+from mtrank.components import ingest
+from mtrank.cli import main as cli
+from mtrank.base import config as config_lib
+from mtrank.pipeline import config_inference, local_runner
+from mtrank.simulator import logs as simulator
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                    "docs", "scaling.md")

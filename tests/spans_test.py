@@ -8,8 +8,10 @@ import os
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-from components import spans
-from pipeline import config_inference, local_runner, run_summary, simulator
+from mtrank.components import spans
+from mtrank.pipeline import config_inference, local_runner
+from mtrank.reporting import run_summary
+from mtrank.simulator import logs as simulator
 
 DAYS = 4  # with one day of lookahead, the first three are complete
 

@@ -12,10 +12,10 @@ from typing import Callable, Dict
 
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from trainer.mmoe import MMoE
-from trainer.ple import PLE
-from trainer.shared_bottom import SharedBottom
+from mtrank.base import config as config_lib
+from mtrank.trainer.mmoe import MMoE
+from mtrank.trainer.ple import PLE
+from mtrank.trainer.shared_bottom import SharedBottom
 
 # (config, seed) -> body layer.
 Builder = Callable[[config_lib.Config, int], tf.keras.layers.Layer]

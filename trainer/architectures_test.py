@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from trainer import architectures
-from trainer import testing_util as tu
-from trainer.model import MultiTaskRankingModel
+from mtrank.base import config as config_lib
+from mtrank.trainer import architectures
+from mtrank_testing import trainer_util as tu
+from mtrank.trainer.model import MultiTaskRankingModel
 
 
 def test_registry_names_are_the_configs():

@@ -6,7 +6,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from trainer.seeds import layer_seed
+from mtrank.trainer.seeds import layer_seed
 
 
 class CrossStack(tf.keras.layers.Layer):

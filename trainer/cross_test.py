@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from trainer.cross import CrossStack
+from mtrank.trainer.cross import CrossStack
 
 
 def test_cross_stack_keeps_width_and_learns_a_product_a_linear_model_cannot():

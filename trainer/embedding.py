@@ -6,9 +6,9 @@ from typing import Dict
 
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from trainer import features as features_lib
-from trainer.seeds import layer_seed
+from mtrank.base import config as config_lib
+from mtrank.trainer import features as features_lib
+from mtrank.trainer.seeds import layer_seed
 
 
 class PeriodicEmbedding(tf.keras.layers.Layer):

@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from trainer.embedding import FeatureEmbedding
+from mtrank.base import config as config_lib
+from mtrank.trainer.embedding import FeatureEmbedding
 
 
 def _features():

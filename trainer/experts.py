@@ -5,8 +5,8 @@ from typing import List, Sequence
 
 import tensorflow as tf
 
-from trainer.mlp import last_kernel, mlp
-from trainer.seeds import layer_seed
+from mtrank.trainer.mlp import last_kernel, mlp
+from mtrank.trainer.seeds import layer_seed
 
 
 class ExpertGroup(tf.keras.layers.Layer):

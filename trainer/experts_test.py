@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from trainer.experts import ExpertGroup, Gate
+from mtrank.trainer.experts import ExpertGroup, Gate
 
 
 def test_expert_group_stacks_distinct_experts():

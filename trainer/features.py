@@ -5,7 +5,7 @@ from typing import Dict
 
 import tensorflow as tf
 
-from pipeline import config as config_lib
+from mtrank.base import config as config_lib
 
 # Multivalent ids are shifted by one so that 0 can mean "no value" (padding).
 PADDING_ID = 0

@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from trainer.funnel import log1mexp, product_logit
+from mtrank.trainer.funnel import log1mexp, product_logit
 
 
 def test_product_logit_is_the_logit_of_the_product_of_sigmoids():

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Sequence
 
 import tensorflow as tf
 
-from pipeline import config as config_lib
+from mtrank.base import config as config_lib
 
 
 def _replicas() -> int:

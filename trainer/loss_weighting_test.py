@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from trainer import loss_weighting as lw
-from trainer import testing_util as tu
-from trainer.model import MultiTaskRankingModel
+from mtrank.base import config as config_lib
+from mtrank.trainer import loss_weighting as lw
+from mtrank_testing import trainer_util as tu
+from mtrank.trainer.model import MultiTaskRankingModel
 
 
 def _tasks(*specs):

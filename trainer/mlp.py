@@ -5,7 +5,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from trainer.seeds import layer_seed
+from mtrank.trainer.seeds import layer_seed
 
 
 # The normalisations model.normalization offers, by name.

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.mlp import last_kernel, mlp
+from mtrank.trainer.mlp import last_kernel, mlp
 
 
 def test_dropout_acts_in_training_only():

@@ -6,7 +6,7 @@ from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
-from trainer.experts import ExpertGroup, Gate
+from mtrank.trainer.experts import ExpertGroup, Gate
 
 
 class MMoE(tf.keras.layers.Layer):

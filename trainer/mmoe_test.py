@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from trainer.mmoe import MMoE
+from mtrank.trainer.mmoe import MMoE
 
 
 def test_each_task_mixes_the_shared_experts_through_its_own_gate():

@@ -26,12 +26,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from pipeline import config as config_lib
-from trainer.funnel import product_logit
-from trainer.loss_weighting import build_loss_weighting
-from trainer.network import TaskNetwork
-from trainer.position import PositionTower
-from trainer.task_metrics import CurrentValue, WeightedTaskLoss
+from mtrank.base import config as config_lib
+from mtrank.trainer.funnel import product_logit
+from mtrank.trainer.loss_weighting import build_loss_weighting
+from mtrank.trainer.network import TaskNetwork
+from mtrank.trainer.position import PositionTower
+from mtrank.trainer.task_metrics import CurrentValue, WeightedTaskLoss
 
 
 def _sum_over_replicas(value: tf.Tensor) -> tf.Tensor:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import features as features_lib
-from trainer import task as task_lib
-from trainer import testing_util as tu
-from trainer.embedding import FeatureEmbedding
-from trainer.model import MultiTaskRankingModel
+from mtrank.trainer import features as features_lib
+from mtrank.trainer import task as task_lib
+from mtrank_testing import trainer_util as tu
+from mtrank.trainer.embedding import FeatureEmbedding
+from mtrank.trainer.model import MultiTaskRankingModel
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 16
@@ -257,8 +257,8 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(
         cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
     # trainer.model, not trainer.task: importing tfx would add ~5 s.
-    from trainer.model import MultiTaskRankingModel
-    from trainer import testing_util as tu
+    from mtrank.trainer.model import MultiTaskRankingModel
+    from mtrank_testing import trainer_util as tu
 
     config = tu.small_config()
     features = tu.random_transformed_batch(config, 8, seed=5)

@@ -10,11 +10,11 @@ from typing import Dict, List
 
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from trainer.architectures import build_body
-from trainer.cross import CrossStack
-from trainer.embedding import FeatureEmbedding
-from trainer.towers import task_tower
+from mtrank.base import config as config_lib
+from mtrank.trainer.architectures import build_body
+from mtrank.trainer.cross import CrossStack
+from mtrank.trainer.embedding import FeatureEmbedding
+from mtrank.trainer.towers import task_tower
 
 
 class TaskNetwork(tf.keras.layers.Layer):

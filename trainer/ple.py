@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
-from trainer.experts import ExpertGroup, Gate
+from mtrank.trainer.experts import ExpertGroup, Gate
 
 # Key of the shared path between extraction layers; task names start with a
 # letter, so it cannot clash with one.

@@ -3,7 +3,7 @@ gate lets them meet at the next level."""
 import numpy as np
 import tensorflow as tf
 
-from trainer.ple import PLE, SHARED, ExtractionLayer
+from mtrank.trainer.ple import PLE, SHARED, ExtractionLayer
 
 X = tf.random.stateless_normal([6, 5], seed=[0, 1])
 

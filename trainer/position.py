@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from trainer.funnel import product_logit
+from mtrank.trainer.funnel import product_logit
 
 # How Transform writes a missing position (the log contract allows none).
 MISSING_POSITION = -1

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.position import MISSING_POSITION, PositionTower
+from mtrank.trainer.position import MISSING_POSITION, PositionTower
 
 
 def test_buckets_clip_large_positions_and_keep_missing_apart():
@@ -70,8 +70,8 @@ def test_transform_writes_position_only_when_towers_use_it():
     Serving parses only the config's features; the Transform graph prunes
     outputs of raw inputs it is not fed (as it does for the labels), so the
     served model neither needs nor sees a position."""
-    from pipeline import config as config_lib
-    from trainer import preprocessing
+    from mtrank.base import config as config_lib
+    from mtrank.trainer import preprocessing
 
     raw = {"model_name": "m",
            "features": [{"name": "user_id", "kind": "categorical", "dtype": "string"}],

@@ -10,9 +10,9 @@ from typing import Any, Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline import config as config_lib
-from trainer import features as features_lib
-from trainer import position
+from mtrank.base import config as config_lib
+from mtrank.trainer import features as features_lib
+from mtrank.trainer import position
 
 
 def _as_vector(x, default) -> tf.Tensor:

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import features as features_lib
-from trainer import preprocessing
-from trainer import testing_util as tu
+from mtrank.trainer import features as features_lib
+from mtrank.trainer import preprocessing
+from mtrank_testing import trainer_util as tu
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
-from trainer.mlp import last_kernel, mlp
+from mtrank.trainer.mlp import last_kernel, mlp
 
 
 class SharedBottom(tf.keras.layers.Layer):

@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from trainer.shared_bottom import SharedBottom
+from mtrank.trainer.shared_bottom import SharedBottom
 
 
 def test_every_task_reads_the_same_bottom_and_dropout_follows_training():

@@ -20,11 +20,11 @@ from absl import logging
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from pipeline import config as config_lib
-from pipeline.keras_env import check_legacy_keras
-from serving import signatures
-from trainer.model import MultiTaskRankingModel
-from trainer.weight_averaging import WeightAveraging
+from mtrank.base import config as config_lib
+from mtrank.base.keras_env import check_legacy_keras
+from mtrank.serving import signatures
+from mtrank.trainer.model import MultiTaskRankingModel
+from mtrank.trainer.weight_averaging import WeightAveraging
 
 CHECKPOINTS_DIR = "checkpoints"
 

@@ -2,7 +2,7 @@
 import pytest
 import tensorflow as tf
 
-from trainer.task_metrics import CurrentValue, WeightedTaskLoss
+from mtrank.trainer.task_metrics import CurrentValue, WeightedTaskLoss
 
 
 def test_weighted_task_loss_averages_each_task_over_its_own_examples():

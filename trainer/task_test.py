@@ -17,9 +17,9 @@ import pytest
 import tensorflow as tf
 from tfx.types import artifact_utils, standard_artifacts
 
-from pipeline import config as config_lib
-from trainer import task as task_lib
-from trainer import testing_util as tu
+from mtrank.base import config as config_lib
+from mtrank.trainer import task as task_lib
+from mtrank_testing import trainer_util as tu
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = 240
@@ -190,7 +190,8 @@ _TRAIN_SCRIPT = textwrap.dedent("""
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from tfx.types import artifact_utils, standard_artifacts
-    from trainer import task, testing_util as tu
+    from mtrank.trainer import task
+    from mtrank_testing import trainer_util as tu
 
     training = json.loads(sys.argv[5])
     def fit(batch_size, strategy, run_dir):
@@ -220,7 +221,7 @@ _TRAIN_SCRIPT = textwrap.dedent("""
 
 def _run_script(mode, inputs, out_dir, env_extra=None):
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO_ROOT, **(env_extra or {}))
+               CUDA_VISIBLE_DEVICES="", **(env_extra or {}))
     return subprocess.Popen(
         [sys.executable, "-c", _TRAIN_SCRIPT, mode, inputs["examples"], inputs["transform"],
          str(out_dir), json.dumps({**TRAINING, "epochs": 2})],

@@ -6,8 +6,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from trainer.mlp import mlp
-from trainer.seeds import layer_seed
+from mtrank.trainer.mlp import mlp
+from mtrank.trainer.seeds import layer_seed
 
 
 def task_tower(task_name: str, units: Sequence[int], seed: int,

@@ -1,7 +1,7 @@
 """Tests of trainer/towers.py."""
 import tensorflow as tf
 
-from trainer.towers import task_tower
+from mtrank.trainer.towers import task_tower
 
 
 def test_tower_outputs_one_float32_value_even_under_mixed_precision():

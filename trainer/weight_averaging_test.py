@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.weight_averaging import WeightAveraging
+from mtrank.trainer.weight_averaging import WeightAveraging
 
 MOMENTUM = 0.9
 

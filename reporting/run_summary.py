@@ -20,10 +20,10 @@ from google.protobuf import json_format
 from ml_metadata.proto import metadata_store_pb2
 from sklearn.metrics import roc_auc_score
 
-from components import ingest, labelling, spans, tabular_example_gen
-from components.log_example_gen import COUNTS_PROPERTY
-from pipeline import config as config_lib
-from pipeline.sliced_evaluator import SLICE_GATING_FILE
+from mtrank.components import ingest, labelling, spans, tabular_example_gen
+from mtrank.components.log_example_gen import COUNTS_PROPERTY
+from mtrank.base import config as config_lib
+from mtrank.components.sliced_evaluator import SLICE_GATING_FILE
 
 TRUTH_FILE = "truth.jsonl.gz"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline import simulator
+from mtrank.simulator import logs as simulator
 
 IMPRESSIONS = 5000
 DAYS = 3
@@ -97,7 +97,7 @@ def test_every_line_keeps_the_contract(logs):
 
 
 def test_the_pipeline_parser_accepts_every_line(logs):
-    from components import log_contract
+    from mtrank.base import log_contract
 
     summary, _, _ = logs
     for path in summary["files"]:

@@ -26,7 +26,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
-from pipeline import eval_config as eval_config_lib
+from mtrank.components import eval_config as eval_config_lib
 
 MIN_SLICE_SIZE_KEY = "min_slice_size"
 SLICE_GATING_FILE = "slice_gating.json"

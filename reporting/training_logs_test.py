@@ -6,7 +6,8 @@ import pytest
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import cli, training_logs
+from mtrank.cli import main as cli
+from mtrank.reporting import training_logs
 
 
 def _run_dir(root, name, with_logs=True):

@@ -22,7 +22,7 @@ import os
 import zlib
 from typing import BinaryIO, Iterator, List, Tuple, Union
 
-from components import log_contract
+from mtrank.base import log_contract
 
 GZIP_MAGIC = b"\x1f\x8b"
 # A log line longer than this is not an event anyone meant to send; it is

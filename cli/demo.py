@@ -9,11 +9,13 @@ from __future__ import annotations
 import glob
 import os
 
-from pipeline import config_inference, local_runner, run_summary, simulator
+from mtrank.pipeline import config_inference, local_runner
+from mtrank.reporting import run_summary
+from mtrank.simulator import logs as simulator
 
 
 def run_demo(work_dir: str, impressions: int, days: int, seed: int = 0) -> int:
-    from serving import client, server
+    from mtrank.serving import client, server
 
     logs_dir = os.path.join(work_dir, "logs")
     print(f"== simulating {impressions} impressions over {days} days into {logs_dir}")

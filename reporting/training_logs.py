@@ -19,7 +19,7 @@ def model_run_dirs(work_dir: str, limit: int = 5) -> List[Tuple[str, str]]:
     metadata_path = os.path.join(work_dir, "metadata.sqlite")
     runs: List[Tuple[str, str]] = []
     if os.path.exists(metadata_path):
-        from pipeline import run_summary
+        from mtrank.reporting import run_summary
 
         store = run_summary.open_store(metadata_path)
         artifacts = sorted(store.get_artifacts_by_type(MODEL_RUN_TYPE), key=lambda a: -a.id)

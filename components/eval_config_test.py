@@ -4,8 +4,8 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_specs
 
-from pipeline import eval_config
-from trainer import testing_util as tu
+from mtrank.components import eval_config
+from mtrank_testing import trainer_util as tu
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_tfma_blocks_on_a_large_failing_slice_and_ignores_a_tiny_one(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from pipeline import run_summary
+    from mtrank.reporting import run_summary
 
     rng = np.random.default_rng(0)
     category = np.array(["a"] * 200 + ["b"] * 190 + ["tiny"] * 10)
@@ -227,7 +227,7 @@ def test_conditional_task_is_evaluated_on_its_parents_positives(tmp_path):
     badly elsewhere, where it was never trained: only the first counts."""
     import numpy as np
 
-    from pipeline import run_summary
+    from mtrank.reporting import run_summary
 
     rng = np.random.default_rng(0)
     size = 400

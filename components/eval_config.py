@@ -24,7 +24,7 @@ from typing import Dict, List, Tuple
 
 import tensorflow_model_analysis as tfma
 
-from pipeline import config as config_lib
+from mtrank.base import config as config_lib
 
 # A slice: ((feature, value), ...) in the order of its slicing spec's features.
 SliceKey = Tuple[Tuple[str, str], ...]

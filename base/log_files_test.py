@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from components import log_contract as lc
-from components import log_files
+from mtrank.base import log_contract as lc
+from mtrank.base import log_files
 
 LINES = [b'{"a": 1}\n', b'{"b": "caf\xc3\xa9"}\n', b"not json\n", b"last line without newline"]
 

@@ -3,7 +3,7 @@ import apache_beam as beam
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import sliced_evaluator
+from mtrank.components import sliced_evaluator
 
 
 def _example(**features) -> bytes:

@@ -11,9 +11,10 @@ import tensorflow as tf
 import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 
-from pipeline import eval_config, report
-from pipeline import browser_testing as chromium
-from trainer import testing_util as tu
+from mtrank.components import eval_config
+from mtrank.reporting import report
+from mtrank_testing import browser as chromium
+from mtrank_testing import trainer_util as tu
 
 TASKS = [{"name": "click", "feedback": "click", "eval": {"min_auc": 0.6, "max_auc_drop": None}},
          {"name": "dwell", "feedback": "dwell", "type": "regression", "eval": {"max_mse": 1.0}}]

@@ -15,8 +15,8 @@ from typing import List, Optional
 
 
 def _load_or_infer_config(config_path: Optional[str], log_glob: str):
-    from pipeline import config as config_lib
-    from pipeline import config_inference
+    from mtrank.base import config as config_lib
+    from mtrank.pipeline import config_inference
 
     if config_path:
         return config_lib.load_config(config_path)
@@ -27,7 +27,7 @@ def _load_or_infer_config(config_path: Optional[str], log_glob: str):
 
 
 def cmd_simulate(args) -> int:
-    from pipeline import simulator
+    from mtrank.simulator import logs as simulator
 
     summary = simulator.simulate(args.out, impressions=args.impressions, days=args.days,
                                  seed=args.seed, shuffle_feedback=args.shuffle_feedback)
@@ -37,8 +37,8 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_init_config(args) -> int:
-    from pipeline import config as config_lib
-    from pipeline import config_inference
+    from mtrank.base import config as config_lib
+    from mtrank.pipeline import config_inference
 
     config = config_inference.infer_config(args.logs, model_name=args.model_name)
     config_lib.save_config(config, args.out)
@@ -51,7 +51,7 @@ def _span_date(text: str) -> int:
     """A --span date as a span number (days since 1970-01-01)."""
     import datetime
 
-    from components import spans
+    from mtrank.components import spans
 
     try:
         return spans.span_of_date(datetime.date.fromisoformat(text))
@@ -60,7 +60,8 @@ def _span_date(text: str) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipeline import local_runner, run_summary
+    from mtrank.pipeline import local_runner
+    from mtrank.reporting import run_summary
 
     config = _load_or_infer_config(args.config, args.logs)
     summary = local_runner.run(
@@ -77,7 +78,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from kubeflow import runner
+    from mtrank.kubeflow import runner
 
     config = _load_or_infer_config(args.config, args.logs)
     beam_args = list(args.beam_arg or [])
@@ -95,7 +96,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pipeline import report
+    from mtrank.reporting import report
 
     text = report.write_report(args.work_dir, args.out)
     print(text)
@@ -104,7 +105,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from pipeline import report
+    from mtrank.reporting import report
 
     source = report.export_schema(args.work_dir, args.out)
     print(f"wrote {args.out} (the schema of {source}): curate it, keep it in your repository "
@@ -113,7 +114,7 @@ def cmd_schema(args) -> int:
 
 
 def cmd_tensorboard(args) -> int:
-    from pipeline import training_logs
+    from mtrank.reporting import training_logs
 
     runs = training_logs.model_run_dirs(args.work_dir, limit=args.runs)
     command = training_logs.tensorboard_command(runs, args.port)
@@ -126,23 +127,23 @@ def cmd_tensorboard(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from pipeline import inspect_mlmd
+    from mtrank.reporting import inspect_mlmd
 
     print(inspect_mlmd.inspect(args.work_dir))
     return 0
 
 
 def cmd_demo(args) -> int:
-    from pipeline import demo
+    from mtrank.cli import demo
 
     return demo.run_demo(args.work_dir, impressions=args.impressions, days=args.days)
 
 
 def cmd_serve(args) -> int:
-    from serving import kernels
+    from mtrank.serving import kernels
 
     kernels.use_tf_serving_kernels()  # before TensorFlow is imported
-    from serving import server, server_config
+    from mtrank.serving import server, server_config
 
     if bool(args.model_base) == bool(args.model_config_file):
         raise ValueError("give --model-base or --model-config-file (one of them)")
@@ -169,7 +170,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from serving import client
+    from mtrank.serving import client
 
     root_certificates = None
     if args.tls_ca:
@@ -324,7 +325,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # The Google Cloud client libraries TFX imports warn about Python 3.10 on
     # every start; they are not actionable for a user of the CLI.
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from pipeline.config import ConfigError
+    from mtrank.base.config import ConfigError
 
     try:
         return args.func(args)

@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import tensorflow as tf
 
-from pipeline import config as config_lib
-from trainer import features as features_lib
+from mtrank.base import config as config_lib
+from mtrank.trainer import features as features_lib
 
 _TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
 
@@ -130,7 +130,7 @@ def run_transform(config: config_lib.Config, instances: List[Dict[str, list]],
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-    from trainer import preprocessing
+    from mtrank.trainer import preprocessing
 
     metadata = dataset_metadata.DatasetMetadata(
         schema_utils.schema_from_feature_spec(raw_feature_spec(config)))

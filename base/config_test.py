@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from pipeline import config as config_lib
-from pipeline.config import ConfigError
+from mtrank.base import config as config_lib
+from mtrank.base.config import ConfigError
 
 VALID_YAML = """\
 model_name: shop_ranker
@@ -501,7 +501,7 @@ def test_fields_of_other_formats_are_rejected(input_raw, task, expected):
 def test_shipped_census_config_is_valid():
     import os
 
-    config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "configs",
+    config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "..", "pipeline", "configs",
                                                  "census.yaml"))
     assert len(config.input.column_names) == 42
     assert [(t.name, t.label_column, t.positive_values) for t in config.tasks] == [

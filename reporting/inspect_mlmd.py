@@ -9,7 +9,7 @@ from typing import Dict, List
 
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import run_summary
+from mtrank.reporting import run_summary
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 

@@ -28,8 +28,8 @@ import tensorflow_data_validation as tfdv  # noqa: E402
 import tensorflow_model_analysis as tfma  # noqa: E402
 from ml_metadata.proto import metadata_store_pb2  # noqa: E402
 
-from components import data_gate  # noqa: E402
-from pipeline import run_summary  # noqa: E402
+from mtrank.components import data_gate  # noqa: E402
+from mtrank.reporting import run_summary  # noqa: E402
 
 BASELINE = "baseline"
 METADATA_FILE = "metadata.sqlite"

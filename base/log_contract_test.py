@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from components import log_contract as lc
+from mtrank.base import log_contract as lc
 
 # 2024-03-01T12:00:00Z, computed independently of the code under test.
 NOON_UTC_S = calendar.timegm((2024, 3, 1, 12, 0, 0))

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from serving import server as server_lib, server_config, signatures
+from mtrank.serving import server as server_lib, server_config, signatures
 
 DEFAULT_TASKS = ("click", "purchase")
 DEFAULT_FEATURES = {

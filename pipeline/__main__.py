@@ -1,6 +1,0 @@
-"""`python -m pipeline`: the mtrank CLI."""
-import sys
-
-from pipeline.cli import main
-
-sys.exit(main())

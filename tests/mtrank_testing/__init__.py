@@ -1,0 +1,1 @@
+"""Helpers for mtrank's tests only: small data, trained models, a headless browser."""
