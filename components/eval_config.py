@@ -29,9 +29,6 @@ from mtrank.base import config as config_lib
 # A slice: ((feature, value), ...) in the order of its slicing spec's features.
 SliceKey = Tuple[Tuple[str, str], ...]
 
-# The bounded metric of each task type and the config fields of its bounds.
-BOUNDED_METRIC = {"binary": "AUC", "regression": "MeanSquaredError"}
-
 
 def _threshold(lower=None, upper=None, max_drop=None, max_increase=None):
     threshold = tfma.MetricThreshold()
@@ -67,7 +64,9 @@ def _task_metrics(task: config_lib.TaskConfig) -> tfma.MetricsSpec:
             tfma.MetricConfig(class_name="MeanLabel"),
             tfma.MetricConfig(class_name="MeanPrediction"),
             # The report's reliability diagram and precision-recall curve.
-            tfma.MetricConfig(class_name="CalibrationPlot", config='"num_buckets": 10'),
+            # Buckets 0.001 wide: the report merges them at the predictions'
+            # quantiles, and rare events are predicted within a few hundredths.
+            tfma.MetricConfig(class_name="CalibrationPlot", config='"num_buckets": 1000'),
             tfma.MetricConfig(class_name="ConfusionMatrixPlot", config='"num_thresholds": 100'),
         ]
     else:

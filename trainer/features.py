@@ -1,9 +1,6 @@
-"""Feature names and specs shared by Transform, the model and serving."""
+"""What Transform makes of each configured feature, shared by Transform,
+the model and serving."""
 from __future__ import annotations
-
-from typing import Dict
-
-import tensorflow as tf
 
 from mtrank.base import config as config_lib
 
@@ -33,13 +30,3 @@ def is_periodic(feature: config_lib.FeatureConfig) -> bool:
 def is_piecewise_linear(feature: config_lib.FeatureConfig) -> bool:
     """Transformed to a [batch, num_buckets] encoding (not one value)."""
     return feature.kind == "numeric" and feature.transform == "piecewise_linear"
-
-
-_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
-
-
-def serving_feature_spec(config: config_lib.Config) -> Dict[str, tf.io.VarLenFeature]:
-    """How serving parses a tf.Example: only the model's features, never
-    labels or training-only fields, all variable-length as in Transform (the
-    schema does not fix shapes), so a missing feature is not a parse error."""
-    return {f.name: tf.io.VarLenFeature(_TF_DTYPES[f.dtype]) for f in config.features}

@@ -24,18 +24,7 @@ from typing import Callable, Dict, List, Sequence
 import tensorflow as tf
 
 from mtrank.base import config as config_lib
-
-
-def _replicas() -> int:
-    context = tf.distribute.get_replica_context()
-    return 1 if context is None else context.num_replicas_in_sync
-
-
-def _sum_over_replicas(value: tf.Tensor) -> tf.Tensor:
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+from mtrank.trainer.replicas import replicas_in_sync, sum_over_replicas
 
 
 class LossWeighting(tf.keras.layers.Layer):
@@ -85,7 +74,7 @@ class UncertaintyWeighting(LossWeighting):
             self._scale * self.learned_weights() * self._stacked(task_losses))
         # The log-variance term is not a per-example loss: each replica adds
         # its share so that the sum over replicas counts it once.
-        return weighted + 0.5 * tf.reduce_sum(self.log_variances) / _replicas()
+        return weighted + 0.5 * tf.reduce_sum(self.log_variances) / replicas_in_sync()
 
 
 class GradNormWeighting(LossWeighting):
@@ -112,7 +101,7 @@ class GradNormWeighting(LossWeighting):
         held constant (this replica's share of it). `task_gradient_norm(t)`
         is the norm of the global-batch gradient of loss_weight x task t's
         loss at the shared layer."""
-        losses = self._scale * _sum_over_replicas(tf.stop_gradient(self._stacked(task_losses)))
+        losses = self._scale * sum_over_replicas(tf.stop_gradient(self._stacked(task_losses)))
         initial = tf.where(self.initial_losses > 0, self.initial_losses, losses)
         self.initial_losses.assign(initial)
         relative = losses / tf.maximum(initial, 1e-12)
@@ -121,7 +110,7 @@ class GradNormWeighting(LossWeighting):
         weighted_norms = self.learned_weights() * norms
         target = tf.reduce_mean(weighted_norms) * inverse_rate ** self._alpha
         # The optimizer sums gradients over replicas.
-        return tf.sign(weighted_norms - target) * norms / _replicas()
+        return tf.sign(weighted_norms - target) * norms / replicas_in_sync()
 
     def renormalise(self) -> None:
         """Weights stay positive and sum to the number of tasks."""

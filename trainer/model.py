@@ -31,17 +31,8 @@ from mtrank.trainer.funnel import product_logit
 from mtrank.trainer.loss_weighting import build_loss_weighting
 from mtrank.trainer.network import TaskNetwork
 from mtrank.trainer.position import PositionTower
+from mtrank.trainer.replicas import sum_over_replicas
 from mtrank.trainer.task_metrics import CurrentValue, WeightedTaskLoss
-
-
-def _sum_over_replicas(value: tf.Tensor) -> tf.Tensor:
-    """`value` summed over the replicas of this step. A batch of a pass
-    splits unevenly over replicas (7 as 4 + 3), so counts are added up, not
-    inferred from this replica's share."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 def _ranking_task(task: config_lib.TaskConfig) -> tfrs.tasks.Ranking:
@@ -186,13 +177,24 @@ class MultiTaskRankingModel(tfrs.Model):
                 sample_weight=mask)
             self.task_loss_means[task.name].update_state(per_example, sample_weight=mask[:, 0])
             self.weighted_loss.update_state(index, per_example, mask)
-            examples = _sum_over_replicas(tf.reduce_sum(mask))
+            examples = sum_over_replicas(tf.reduce_sum(mask))
             losses[task.name] = tf.reduce_sum(per_example) / tf.maximum(examples, 1.0)
         return losses
 
+    def _loss_and_task_losses(self, inputs: Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]],
+                              training: bool) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+        """compute_loss's loss and the task losses it adds up: the one loss
+        path, which `fit`'s steps take as the tests do (train_step keeps the
+        task losses, which GradNorm differentiates one by one)."""
+        task_losses = self.task_losses(inputs, training=training)
+        return self.loss_weighting(task_losses), task_losses
+
     def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]],
                      training: bool = False) -> tf.Tensor:
-        return self.loss_weighting(self.task_losses(inputs, training=training))
+        """The loss `fit` minimises: the task losses added up by the
+        `model.loss_weighting` strategy (this replica's share, as each task
+        loss is). Updates the metrics."""
+        return self._loss_and_task_losses(inputs, training)[0]
 
     def training_callbacks(self) -> List[tf.keras.callbacks.Callback]:
         """Callbacks model.fit must be given (DWA sets its weights per epoch)."""
@@ -211,15 +213,21 @@ class MultiTaskRankingModel(tfrs.Model):
         logs["loss"] = logs[self.weighted_loss.name]
         return logs
 
+    # tfrs.Model's steps would call compute_loss too; they are overridden
+    # for what they lack. train_step: under mixed precision tfrs applies the
+    # gradients of the unscaled loss (float16 gradients underflow; Keras's
+    # own step scales through optimizer.minimize), and GradNorm needs each
+    # task's gradient. Both steps: tfrs logs this step's loss as `loss` and
+    # `total_loss`, which would hide the epoch means of `_logs` that early
+    # stopping compares (`val_total_loss`). tfrs also adds the regularisation
+    # losses; the model has none (weight decay is AdamW's).
+
     def train_step(self, inputs):
         weighting = self.loss_weighting
         optimizer = self.optimizer
         scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape(persistent=weighting.needs_task_gradients) as tape:
-            task_losses = self.task_losses(inputs, training=True)
-            loss = weighting(task_losses)
-            if self.losses:
-                loss += tf.add_n(self.losses)
+            loss, task_losses = self._loss_and_task_losses(inputs, training=True)
             # Differentiated under mixed precision: scaled, so float16
             # gradients do not underflow.
             loss_to_differentiate = optimizer.get_scaled_loss(loss) if scaled else loss
@@ -242,7 +250,7 @@ class MultiTaskRankingModel(tfrs.Model):
                 """|grad of loss_weight x task loss| over the global batch."""
                 grads = gradients(task_losses_to_differentiate[name], shared)
                 return loss_weights[name] * tf.linalg.global_norm(
-                    [_sum_over_replicas(g) for g in grads])
+                    [sum_over_replicas(g) for g in grads])
 
             pairs.append((weighting.weight_gradient(task_losses, task_gradient_norm),
                           weighting.weights_var))
@@ -254,5 +262,6 @@ class MultiTaskRankingModel(tfrs.Model):
         return self._logs(with_weights=True)
 
     def test_step(self, inputs):
-        self.task_losses(inputs, training=False)
+        # The loss itself is not returned: the logs are the metrics it updated.
+        self.compute_loss(inputs, training=False)
         return self._logs(with_weights=False)

@@ -91,6 +91,36 @@ def test_one_train_step_decreases_loss(config):
     assert float(model.compute_loss((features, labels))) < before
 
 
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty", "gradnorm"])
+def test_a_fit_step_descends_the_gradient_of_compute_loss(weighting):
+    """`fit` trains on compute_loss, the loss the other tests check: one
+    step of plain SGD moves every weight (the uncertainty log-variances
+    too) by -learning rate x compute_loss's gradient on the same batch."""
+    config = tu.small_config(model={"loss_weighting": weighting})
+    model = _eager(task_lib.build_model(config))
+    learning_rate = 0.1
+    model.compile(optimizer=tf.keras.optimizers.SGD(learning_rate))
+    features, labels = _batch(config)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss((features, labels), training=True)
+    variables = model.trainable_variables
+    gradients = tape.gradient(loss, variables)
+    before = [v.numpy().copy() for v in variables]
+    history = model.fit(tf.data.Dataset.from_tensors((features, labels)),
+                        epochs=1, verbose=0).history
+    moved = 0
+    for variable, start, gradient in zip(variables, before, gradients):
+        gradient = 0.0 if gradient is None else tf.convert_to_tensor(gradient).numpy()
+        np.testing.assert_allclose(variable.numpy(), start - learning_rate * gradient,
+                                   rtol=1e-5, atol=1e-6, err_msg=variable.name)
+        moved += int(np.any(gradient != 0))
+    assert moved > len(variables) // 2
+    if weighting == "fixed":
+        # The logged loss is the loss_weight-weighted sum of the task losses
+        # under every strategy: compute_loss itself under fixed weights.
+        assert history["loss"][0] == pytest.approx(float(loss), rel=1e-5)
+
+
 def test_fit_decreases_loss_and_learns_trivial_label(config):
     tf.keras.utils.set_random_seed(0)
     model = _eager(task_lib.build_model(config))
