@@ -9,15 +9,22 @@ it and names the offending field; `infer_config` builds one from logs.
 Adding a task or a feature is an edit of this file's YAML and nothing else:
 ExampleGen labels examples from `tasks`, Transform and the model read
 `features`, the Evaluator takes its bounds from `tasks[*].eval`.
+
+The sections are pydantic models: the field types and constraints below are
+the validation, and `json_schema()` exports them for editors. Each field's
+docstring is its description in that schema. Checks that span sections (a
+task's fields on the input format, names that must refer to each other) are
+`Config`'s model validators.
 """
-from __future__ import annotations
-
-import dataclasses
+import functools
 import json
-import re
-from typing import Any, Dict, List, Optional, Tuple
+import reprlib
+import warnings
+from typing import Annotated, Any, Dict, Iterator, List, Literal, Optional, Tuple, get_args
 
+import pydantic
 import yaml
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 # Names the pipeline itself writes into every example; features may not reuse them.
 USER_ID = "user_id"
@@ -28,58 +35,130 @@ IMPRESSION_TS = "impression_ts"
 SPLIT_KEY = "split_key"  # tabular input: the seeded hash ExampleGen splits by
 RESERVED_NAMES = frozenset({REQUEST_ID, POSITION, IMPRESSION_TS, SPLIT_KEY})
 
-INPUT_FORMATS = ("logs", "csv", "tfrecord")
+InputFormat = Literal["logs", "csv", "tfrecord"]
+FeatureKind = Literal["categorical", "numeric", "multivalent"]
+Encoding = Literal["hashing", "vocabulary"]
+Normalization = Literal["none", "batch", "layer"]
+NumericTransform = Literal["zscore", "log", "buckets", "piecewise_linear", "periodic"]
+Dtype = Literal["string", "int64", "float"]
+TaskType = Literal["binary", "regression"]
+# Model architectures by name (trainer/architectures.py registers one module each).
+Architecture = Literal["shared_bottom", "mmoe", "cgc", "ple"]
+LossWeighting = Literal["fixed", "uncertainty", "gradnorm", "dwa"]
+PositionForm = Literal["product", "additive"]
+LrSchedule = Literal["constant", "cosine"]
+ScoreForm = Literal["weighted_product", "weighted_sum"]
+
 TABULAR_FORMATS = ("csv", "tfrecord")
 SPLIT_NAMES = ("train", "eval", "test")
-
-FEATURE_KINDS = ("categorical", "numeric", "multivalent")
-CATEGORICAL_ENCODINGS = ("hashing", "vocabulary")
-NORMALIZATIONS = ("none", "batch", "layer")
-NUMERIC_TRANSFORMS = ("zscore", "log", "buckets", "piecewise_linear", "periodic")
-DTYPES = ("string", "int64", "float")
-TASK_TYPES = ("binary", "regression")
-# Model architectures by name (trainer/architectures.py registers one module each).
-ARCHITECTURES = ("shared_bottom", "mmoe", "cgc", "ple")
-LOSS_WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "dwa")
-POSITION_FORMS = ("product", "additive")
-LR_SCHEDULES = ("constant", "cosine")
+ARCHITECTURES = get_args(Architecture)
+LOSS_WEIGHTINGS = get_args(LossWeighting)
+# The fused output every scoring signature adds; FUSED_SCORE_OUTPUT when the
+# model already has an output named SCORE_OUTPUT (a task called "score").
+SCORE_OUTPUT = "score"
+FUSED_SCORE_OUTPUT = "fused_score"
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the field."""
+    """A config that cannot be used; each line names a field, its value and
+    what is allowed."""
 
 
-@dataclasses.dataclass(frozen=True)
-class FeatureConfig:
-    """One model input, read from the impression (or its user_id / item_id).
+class _Problems(ValueError):
+    """Problems a model validator finds in fields below its model, each as
+    (path under the model, message), so that each line names its field."""
 
-    kind: categorical (one string or integer id), numeric (one number) or
-      multivalent (a list of strings or numbers, embedded and mean-pooled).
-    dtype: how the value is stored in tf.Example: string, int64 or float.
-    encoding: for categorical and multivalent values, hashing into
-      `hash_buckets` or a vocabulary of the `vocab_size` most frequent values.
-    transform: for numeric values: zscore, log (log1p then z-score),
-      buckets (quantile buckets, embedded) or piecewise_linear (the
-      piecewise-linear encoding over `num_buckets` quantile bins of Gorishniy
-      et al. 2022, then a ReLU layer of `embedding_dim` units) or periodic
-      (z-scored, then sin and cos of `num_frequencies` learned frequencies
-      initialised from N(0, `frequency_scale`), then a ReLU layer of
-      `embedding_dim` units: their "PLR" embedding).
-    max_len: multivalent lists are truncated to this many values.
-    """
+    def __init__(self, problems: List[Tuple[tuple, str]]):
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
 
-    name: str
-    kind: str
-    dtype: str
-    encoding: str = "hashing"
-    hash_buckets: int = 1000
-    vocab_size: int = 1000
-    embedding_dim: int = 8
-    transform: str = "zscore"
-    num_buckets: int = 10
-    num_frequencies: int = 16
-    frequency_scale: float = 1.0
-    max_len: int = 8
+
+def _check(generator):
+    """An after-validator from a generator of (path under the model, message)."""
+    @functools.wraps(generator)
+    def validate(self):
+        problems = list(generator(self))
+        if problems:
+            raise _Problems(problems)
+        return self
+    return model_validator(mode="after")(validate)
+
+
+def _no_spaces_around(value: str) -> str:
+    # CSV fields are read without the spaces around them: such a value never matches.
+    if value != value.strip():
+        raise ValueError(f"{value!r} has spaces around it; CSV fields are compared with "
+                         "those removed")
+    return value
+
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+CsvValue = Annotated[str, AfterValidator(_no_spaces_around)]
+
+
+class _Section(pydantic.BaseModel):
+    # strict: YAML's true is not 1 and "1000" is not a number (an int is a
+    # valid float). frozen: every stage reads the same config. Each field's
+    # docstring is its description in the JSON Schema.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True,
+                              use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_empty(cls, data):
+        """`split:` with nothing under it is the default section."""
+        return {} if data is None else data
+
+
+class FeatureConfig(_Section):
+    """One model input, read from the impression (or its user_id / item_id)."""
+
+    name: Name
+    """The impression feature's name (user_id and item_id: the event's ids)."""
+    kind: FeatureKind
+    """categorical (one id), numeric (one number), multivalent (a list of ids, mean-pooled)."""
+    dtype: Dtype
+    """How the value is stored in tf.Example."""
+    encoding: Encoding = "hashing"
+    """Ids: hashing into hash_buckets, or a vocabulary of the vocab_size most frequent values."""
+    hash_buckets: PositiveInt = 1000
+    """Size of the hashed id space."""
+    vocab_size: PositiveInt = 1000
+    """Size of the vocabulary (plus one out-of-vocabulary id)."""
+    embedding_dim: PositiveInt = 8
+    """Embedding width for ids, buckets, piecewise_linear and periodic numbers."""
+    transform: NumericTransform = "zscore"
+    """Numbers: zscore, log (log1p, then z-score), buckets (quantiles, embedded),
+    piecewise_linear or periodic (Gorishniy et al. 2022; docs/config.md)."""
+    num_buckets: PositiveInt = 10
+    """Quantile bins of transform buckets or piecewise_linear."""
+    num_frequencies: PositiveInt = 16
+    """Learned frequencies of transform periodic."""
+    frequency_scale: PositiveFloat = 1.0
+    """Standard deviation of the normal distribution the periodic frequencies start from."""
+    max_len: PositiveInt = 8
+    """Multivalent lists are truncated to this many values."""
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} is reserved by the pipeline (reserved: "
+                             f"{sorted(RESERVED_NAMES)})")
+        return name
+
+    @model_validator(mode="after")
+    def _dtype_fits_kind(self):
+        if self.kind == "numeric" and not self.is_numeric_value:
+            raise ValueError(f"a numeric feature needs dtype int64 or float (got {self.dtype!r})")
+        if self.kind == "multivalent" and self.dtype == "float":
+            raise ValueError("a multivalent feature holds ids: dtype string or int64 (got 'float')")
+        return self
 
     @property
     def is_numeric_value(self) -> bool:
@@ -117,51 +196,87 @@ class FeatureConfig:
         return {"string": "", "int64": 0, "float": 0.0}[self.dtype]
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalBounds:
-    """Blessing bounds for one task: an absolute floor and the largest drop
-    allowed against the last blessed model (AUC for binary tasks, negative
-    MSE for regression tasks)."""
+# Each task type's blessing bounds: (absolute, change).
+_BOUNDS = {"binary": ("min_auc", "max_auc_drop"), "regression": ("max_mse", "max_mse_increase")}
+
+
+class EvalBounds(_Section):
+    """Blessing bounds for one task; the other task type's bounds are null."""
 
     min_auc: Optional[float] = 0.5
+    """Binary tasks: the lowest AUC blessed (regression tasks: null)."""
     max_auc_drop: Optional[float] = 0.02
+    """Binary tasks: the largest AUC drop against the last blessed model (regression: null)."""
     max_mse: Optional[float] = None
+    """Regression tasks: the largest MSE blessed."""
     max_mse_increase: Optional[float] = None
+    """Regression tasks: the largest MSE increase against the last blessed model."""
 
 
-# Task fields that apply to one input format only.
+# Task fields that apply to one input format only; the first names the label.
 _TASK_FIELDS_BY_FORMAT = {
     "logs": ("feedback", "label_window_s"),
     "csv": ("label_column", "positive_values"),
     "tfrecord": (),
 }
+_LABEL_HINTS = {
+    "logs": "tasks from logs name their feedback",
+    "csv": "tasks from csv name a label_column",
+    "tfrecord": "tfrecord input holds each label as the feature <task>_label",
+}
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskConfig:
-    """One model output.
+class TaskConfig(_Section):
+    """One model output. TFRecord input holds its label as the feature `<name>_label`."""
 
-    From logs, labelled by one feedback type: a binary task's label is 1 if
-    feedback of type `feedback` arrived within `label_window_s` seconds after
-    the impression; a regression task's label is the sum of those events'
-    `value`s.
-
-    From CSV, labelled by the column `label_column`: a binary task's label is
-    1 if the column's value is one of `positive_values`, a regression task's
-    label is the column's number. TFRecord input already holds the label as
-    the feature `<name>_label`.
-    """
-
-    name: str
+    name: Name
+    """The output's name."""
     feedback: Optional[str] = None
+    """Logs input (required there): the feedback type that labels this task."""
     label_column: Optional[str] = None
-    positive_values: Optional[List[str]] = None
-    type: str = "binary"
-    label_window_s: int = 3600
-    loss_weight: float = 1.0
+    """CSV input (required there): the column that labels this task."""
+    positive_values: Optional[Annotated[List[CsvValue], Field(min_length=1)]] = None
+    """CSV input, binary tasks (required there): the label is 1 if label_column is one."""
+    type: TaskType = "binary"
+    """binary: 1 if such feedback came in label_window_s; regression: the sum of its values."""
+    label_window_s: PositiveInt = 3600
+    """Logs input: seconds after the impression within which feedback counts."""
+    loss_weight: NonNegativeFloat = 1.0
+    """Scales the task's loss (under every model.loss_weighting)."""
     condition: Optional[str] = None
+    """A binary parent task: this task is defined on the parent's positives only."""
     depends_on: Optional[str] = None
-    eval: EvalBounds = dataclasses.field(default_factory=EvalBounds)
+    """A binary parent task (ESMM): the output is P(parent) x P(this | parent)."""
+    eval: EvalBounds = EvalBounds()
+    """Blessing bounds (min_auc / max_auc_drop, or for regression max_mse / max_mse_increase)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regression_has_no_auc_bounds(cls, data):
+        # Unset, they would be the binary defaults: bounds that look as if they applied.
+        if isinstance(data, dict) and data.get("type") == "regression":
+            eval_raw = data.get("eval") or {}
+            if isinstance(eval_raw, dict):
+                data = {**data, "eval": {"min_auc": None, "max_auc_drop": None, **eval_raw}}
+        return data
+
+    @_check
+    def _fields_fit_type(self):
+        other = "regression" if self.type == "binary" else "binary"
+        for key in _BOUNDS[other]:
+            if getattr(self.eval, key) is not None:
+                yield ("eval", key), (f"does not apply to a {self.type} task, which uses "
+                                      f"{' / '.join(_BOUNDS[self.type])} "
+                                      f"(got {getattr(self.eval, key)!r})")
+        if self.type == "regression" and self.positive_values is not None:
+            yield ("positive_values",), ("does not apply to a regression task (its label is "
+                                         "the column's number)")
+        if self.condition and self.depends_on:
+            yield (), ("set condition (a loss masked to the parent's positives) or depends_on "
+                       "(an ESMM product over all impressions), not both")
+        if self.depends_on and self.type != "binary":
+            yield ("depends_on",), ("only a binary task can depend on another (its probability "
+                                    "is the parent's times its own)")
 
     @property
     def label_key(self) -> str:
@@ -182,7 +297,7 @@ class TaskConfig:
         """The fields that apply to this task on `input_format`, for the YAML
         a user edits: only this type's eval bounds, only this format's label
         fields."""
-        fields = dataclasses.asdict(self)
+        fields = self.model_dump()
         for other_format, names in _TASK_FIELDS_BY_FORMAT.items():
             if other_format != input_format:
                 for name in names:
@@ -190,67 +305,89 @@ class TaskConfig:
         for optional in ("positive_values", "condition", "depends_on"):
             if fields.get(optional) is None:
                 fields.pop(optional, None)
-        fields["eval"] = {k: v for k, v in fields["eval"].items()
-                          if k.startswith("max_mse") == (self.type == "regression")}
+        fields["eval"] = {k: fields["eval"][k] for k in _BOUNDS[self.type]}
         return fields
 
 
-@dataclasses.dataclass(frozen=True)
-class SplitConfig:
-    """How logs input is split into train and eval.
+class SplitConfig(_Section):
+    """How logs input is split into train and eval: a plain glob of log files
+    by time; daily partitions (a glob with {YYYY}-{MM}-{DD}), a day a run."""
 
-    From a plain glob of log files, by time: the last `eval_days` calendar
-    days (UTC) are evaluation. From daily partitions (a glob with
-    {YYYY}-{MM}-{DD}), one span (day) is ingested a run and split by a hash of
-    the request: `eval_percent` of each day's requests are evaluation;
-    training reads the last `window_spans` ingested spans, and the Evaluator
-    the newest span's evaluation requests.
-    """
-
-    eval_days: int = 1
-    eval_percent: int = 15
-    window_spans: int = 14
+    eval_days: PositiveInt = 1
+    """Plain glob: the last N calendar days (UTC) of impressions are the eval split."""
+    eval_percent: Annotated[int, Field(gt=0, lt=100)] = 15
+    """Daily partitions: the eval share of each day's requests, in percent."""
+    window_spans: PositiveInt = 14
+    """Daily partitions: training reads the last N ingested spans."""
 
 
-@dataclasses.dataclass(frozen=True)
-class InputSplitConfig:
+class InputSplitConfig(_Section):
     """Tabular input: percentages of the rows in each split (a split of 0 is
-    left out), assigned by a hash of the row and `seed`, so the same rows
-    land in the same split on every run."""
+    left out), by a hash of the row and `seed`: the same split every run."""
 
-    train: int = 80
-    eval: int = 20
-    test: int = 0
+    train: PositiveInt = 80
+    """Percent of the rows the Trainer trains on."""
+    eval: PositiveInt = 20
+    """Percent of the rows the Trainer validates on and the Evaluator evaluates."""
+    test: NonNegativeInt = 0
+    """Percent of the rows carried for benchmarks only."""
     seed: int = 0
+    """Seeds the row hash: another seed, another split."""
+
+    @model_validator(mode="after")
+    def _sums_to_100(self):
+        total = self.train + self.eval + self.test
+        if total != 100:
+            raise ValueError(f"train + eval + test must be 100 percent (got {total})")
+        return self
 
     def percentages(self) -> Dict[str, int]:
         """{split name: percentage} of the non-empty splits, in order."""
         return {name: getattr(self, name) for name in SPLIT_NAMES if getattr(self, name)}
 
 
-@dataclasses.dataclass(frozen=True)
-class InputConfig:
-    """What the pipeline reads.
+# The input fields that apply to each format (csv: all).
+_INPUT_FIELDS_BY_FORMAT = {"logs": ("format",), "tfrecord": ("format", "split")}
 
-    logs: interaction logs (JSON Lines, the log contract); tasks name their
-      feedback and the split is by time (`split`).
-    csv: one labelled example per row. `column_names` names the columns in
-      order when the files have no header line (otherwise the first line of
-      each file is the header). Fields are separated by `delimiter` (spaces
-      around a field are removed, so ", " and "," read alike); an empty field
-      or one of `missing_values` is missing and becomes the feature's
-      default. `exclude_columns` are never features.
-    tfrecord: gzipped or plain TFRecord files of tf.Example, already holding
-      each task's label as the feature `<task>_label`.
-    Both tabular formats are split by `split` (percentages and a seed).
-    """
 
-    format: str = "logs"
-    column_names: Optional[List[str]] = None
+class InputConfig(_Section):
+    """What the pipeline reads: logs (JSON Lines, the log contract), csv (a
+    labelled example per row) or tfrecord (tf.Example with `<task>_label`)."""
+
+    format: InputFormat = "logs"
+    """logs, csv or tfrecord."""
+    column_names: Optional[Annotated[List[CsvValue], Field(min_length=1)]] = None
+    """CSV: the columns in order, for files without a header line (unset: the header)."""
     delimiter: str = ","
-    missing_values: List[str] = dataclasses.field(default_factory=list)
-    exclude_columns: List[str] = dataclasses.field(default_factory=list)
-    split: InputSplitConfig = dataclasses.field(default_factory=InputSplitConfig)
+    """CSV: one character; spaces around a field are removed, so ", " and "," read alike."""
+    missing_values: List[CsvValue] = []
+    """CSV: values that are missing (as is an empty field): the feature's default."""
+    exclude_columns: List[CsvValue] = []
+    """CSV: columns that are never features."""
+    split: InputSplitConfig = InputSplitConfig()
+    """csv and tfrecord: percentages of the rows in each split."""
+
+    @field_validator("column_names")
+    @classmethod
+    def _unique(cls, names: Optional[List[str]]) -> Optional[List[str]]:
+        repeated = sorted({c for c in names or () if names.count(c) > 1})
+        if repeated:
+            raise ValueError(f"names must be unique; repeated: {repeated}")
+        return names
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, delimiter: str) -> str:
+        if (len(delimiter) != 1 and len(delimiter.strip()) != 1) or delimiter.strip() == '"':
+            raise ValueError("must be one character other than '\"', with or without spaces "
+                             f"around it, as ',' or ', ' (got {delimiter!r})")
+        return delimiter
+
+    @_check
+    def _fields_fit_format(self):
+        applies = _INPUT_FIELDS_BY_FORMAT.get(self.format, type(self).model_fields)
+        for field in sorted(self.model_fields_set - set(applies)):
+            yield (field,), f"does not apply to {self.format} input"
 
     @property
     def is_tabular(self) -> bool:
@@ -258,115 +395,51 @@ class InputConfig:
 
     def relevant_fields(self) -> Dict[str, Any]:
         """The fields that apply to this format, for the YAML a user edits."""
-        fields = dataclasses.asdict(self)
-        if self.format == "logs":
-            return {"format": self.format}
-        if self.format == "tfrecord":
-            return {"format": self.format, "split": fields["split"]}
+        fields = self.model_dump()
+        if self.format != "csv":
+            return {k: v for k, v in fields.items() if k in _INPUT_FIELDS_BY_FORMAT[self.format]}
         if self.column_names is None:
             fields.pop("column_names")
         return fields
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainingConfig:
-    """Trainer settings. `bottom_units` is the shared bottom, `tower_units`
-    each task's tower.
+class TrainingConfig(_Section):
+    """Trainer settings (docs/config.md#training)."""
 
-    By default training makes `epochs` passes over the train split and keeps
-    the weights of the epoch with the lowest eval loss (early stopping after
-    `early_stopping_patience` epochs without improvement): the number of
-    steps then follows the data size. `train_steps` / `eval_steps` fix the
-    step counts instead (the train data repeats as needed).
-
-    `gpus` / `gpu_type` are the Trainer's accelerators where the pipeline runs
-    on a cluster (Kubeflow, Vertex AI); locally every visible GPU is used.
-    `mixed_precision` computes in float16 (variables stay float32) where the
-    Trainer has a GPU; on CPU it is ignored (logged).
-
-    `lr_schedule`: `constant` keeps `learning_rate`; `cosine` decays it to 0
-    over the whole run (`epochs` passes, or `train_steps`). Either starts
-    with `warmup_steps` steps rising linearly from 0. `weight_decay` > 0
-    trains with AdamW (decoupled weight decay of that rate) instead of Adam.
-    `ema_momentum` > 0 evaluates, keeps and exports an exponential moving
-    average of the weights over training steps (trainer/weight_averaging.py).
-
-    Training resumes from the last finished epoch when the same training (the
-    same config and input artifacts) is run again after an interruption: its
-    checkpoint is kept under `checkpoint_dir` (default: beside the Trainer's
-    model_run directories) until the run finishes.
-    """
-
-    epochs: int = 5
-    early_stopping_patience: int = 1
-    train_steps: Optional[int] = None
-    eval_steps: Optional[int] = None
-    batch_size: int = 256
-    learning_rate: float = 0.002
-    bottom_units: List[int] = dataclasses.field(default_factory=lambda: [256, 128])
-    tower_units: List[int] = dataclasses.field(default_factory=lambda: [64])
-    seed: int = 0
-    gpus: int = 0
+    epochs: PositiveInt = 5
+    """Passes over the train split; the epoch with the lowest eval loss is kept."""
+    early_stopping_patience: PositiveInt = 1
+    """Epochs without improvement of the eval loss before training stops."""
+    train_steps: Optional[PositiveInt] = None
+    """Train for this many steps instead of epochs (the train data repeats as needed)."""
+    eval_steps: Optional[PositiveInt] = None
+    """Evaluate this many steps instead of the whole eval split."""
+    batch_size: PositiveInt = 256
+    """Examples per step, per replica."""
+    learning_rate: PositiveFloat = 0.002
+    """The optimizer's (peak) learning rate."""
+    bottom_units: List[PositiveInt] = [256, 128]
+    """Hidden layers of the shared bottom, or of each expert (model.architecture)."""
+    tower_units: List[PositiveInt] = [64]
+    """Hidden layers of each task's tower."""
+    seed: NonNegativeInt = 0
+    """Seeds initialisation and shuffling."""
+    gpus: NonNegativeInt = 0
+    """The Trainer's GPUs on a cluster (Kubeflow, Vertex AI); locally every visible GPU."""
     gpu_type: str = "NVIDIA_TESLA_T4"
+    """The accelerator type on a cluster."""
     mixed_precision: bool = False
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    ema_momentum: float = 0.0
+    """Compute in float16 (variables stay float32) on a GPU; ignored (logged) on CPU."""
+    lr_schedule: LrSchedule = "constant"
+    """constant keeps learning_rate; cosine decays it to 0 over the whole run."""
+    warmup_steps: NonNegativeInt = 0
+    """Steps rising linearly from 0 to learning_rate first."""
+    weight_decay: NonNegativeFloat = 0.0
+    """Above 0: AdamW with this decoupled weight decay instead of Adam."""
+    ema_momentum: Fraction = 0.0
+    """Above 0: evaluate, keep and export an exponential moving average of the weights."""
     checkpoint_dir: Optional[str] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """What the Trainer builds (docs/config.md#model).
-
-    architecture: shared_bottom (one MLP of `training.bottom_units` shared by
-      every task), mmoe (`num_experts` expert MLPs, one softmax gate per
-      task), cgc (`num_experts` shared plus `task_experts` per-task experts,
-      gated per task) or ple (`extraction_layers` stacked CGC levels).
-    cross_layers: DCN-v2 cross layers on the embedded features before the
-      bottom or the experts (`cross_projection_dim`: low-rank size, or full).
-    ensemble_size: independently initialised copies of the whole network
-      (embeddings to towers), each trained on its own loss; served outputs
-      are their mean. Training and serving cost grow with it.
-    dropout: after every hidden layer, in training only.
-    normalization: none, batch or layer normalisation of every hidden
-      layer's pre-activations (bottom, experts and towers).
-    loss_weighting: fixed (tasks[].loss_weight), uncertainty (learned
-      log-variances), gradnorm (balances gradient norms, `gradnorm_alpha`) or
-      dwa (weights from the tasks' loss ratios over the last two epochs,
-      `dwa_temperature`). Under every choice tasks[].loss_weight scales the
-      task's loss first.
-    position_tasks: binary tasks given a position-bias tower fed `position`
-      in training only (served scores are position-free); `position_form`:
-      product (PAL, P = P(seen | position) x P(task | seen)) or additive (a
-      position logit added to the task logit); positions at or beyond
-      `max_position` share one bucket.
-    """
-
-    architecture: str = "shared_bottom"
-    num_experts: int = 4
-    task_experts: int = 1
-    extraction_layers: int = 2
-    cross_layers: int = 0
-    cross_projection_dim: Optional[int] = None
-    ensemble_size: int = 1
-    dropout: float = 0.0
-    normalization: str = "none"
-    loss_weighting: str = "fixed"
-    gradnorm_alpha: float = 1.5
-    dwa_temperature: float = 2.0
-    position_tasks: List[str] = dataclasses.field(default_factory=list)
-    position_form: str = "product"
-    max_position: int = 20
-
-    def relevant_fields(self) -> Dict[str, Any]:
-        """The fields that apply to this architecture and weighting."""
-        fields = dataclasses.asdict(self)
-        for field, (decider, choices) in _MODEL_FIELDS_APPLY_TO.items():
-            if fields[decider] not in choices:
-                del fields[field]
-        return fields
+    """Where a run keeps its resume checkpoint (unset: beside the model_run directories)."""
 
 
 # ModelConfig fields that apply only to some choices: (deciding field, choices).
@@ -379,73 +452,268 @@ _MODEL_FIELDS_APPLY_TO = {
 }
 
 
-SCORE_FORMS = ("weighted_product", "weighted_sum")
-# The fused output every scoring signature adds; FUSED_SCORE_OUTPUT when the
-# model already has an output named SCORE_OUTPUT (a task called "score").
-SCORE_OUTPUT = "score"
-FUSED_SCORE_OUTPUT = "fused_score"
+class ModelConfig(_Section):
+    """What the Trainer builds (docs/config.md#model). A field that does not
+    apply to the chosen architecture or loss weighting is an error, so a
+    config never carries settings that do nothing."""
+
+    architecture: Architecture = "shared_bottom"
+    """shared_bottom (one MLP shared by every task), mmoe, cgc or ple (stacked CGC levels)."""
+    num_experts: PositiveInt = 4
+    """mmoe: experts shared by all tasks; cgc and ple: shared experts per level."""
+    task_experts: PositiveInt = 1
+    """cgc and ple: each task's own experts per level."""
+    extraction_layers: PositiveInt = 2
+    """ple: levels."""
+    cross_layers: NonNegativeInt = 0
+    """DCN-v2 cross layers on the embedded features before the bottom or the experts."""
+    cross_projection_dim: Optional[PositiveInt] = None
+    """Low-rank size of the cross layers (unset: full rank)."""
+    ensemble_size: PositiveInt = 1
+    """Independent copies of the network, each trained on its own loss; outputs are the mean."""
+    dropout: Fraction = 0.0
+    """Dropout rate after every hidden layer, in training only."""
+    normalization: Normalization = "none"
+    """none, batch or layer normalisation of every hidden layer's pre-activations."""
+    loss_weighting: LossWeighting = "fixed"
+    """fixed (tasks[].loss_weight), uncertainty, gradnorm or dwa (docs/config.md#model)."""
+    gradnorm_alpha: NonNegativeFloat = 1.5
+    """gradnorm: how strongly slower tasks are favoured."""
+    dwa_temperature: PositiveFloat = 2.0
+    """dwa: softmax temperature (higher: weights closer to equal)."""
+    position_tasks: List[str] = []
+    """Binary tasks given a position-bias tower in training (logs input only)."""
+    position_form: PositionForm = "product"
+    """product (PAL: P(seen | position) x P(task | seen)) or additive (a position logit)."""
+    max_position: PositiveInt = 20
+    """Positions at or beyond max_position - 1 share one bucket."""
+
+    @_check
+    def _fields_fit_choices(self):
+        for field, (decider, choices) in _MODEL_FIELDS_APPLY_TO.items():
+            if field in self.model_fields_set and getattr(self, decider) not in choices:
+                yield (field,), (f"applies to {decider} {' / '.join(choices)}, not "
+                                 f"{getattr(self, decider)}")
+        repeated = sorted({t for t in self.position_tasks if self.position_tasks.count(t) > 1})
+        if repeated:
+            yield ("position_tasks",), f"repeated task(s) {repeated}"
+
+    def relevant_fields(self) -> Dict[str, Any]:
+        """The fields that apply to this architecture and loss weighting."""
+        fields = self.model_dump()
+        for field, (decider, choices) in _MODEL_FIELDS_APPLY_TO.items():
+            if fields[decider] not in choices:
+                del fields[field]
+        return fields
 
 
-@dataclasses.dataclass(frozen=True)
-class ScoreConfig:
-    """The fused ranking score `score` that serving returns beside the
-    per-task outputs, one number per candidate to sort by.
+class ScoreConfig(_Section):
+    """The fused ranking score `score` (`fused_score` if a task is named
+    score) that serving returns beside the per-task outputs."""
 
-    weighted_product: the product of output ** weight (for probabilities:
-      p(click)^1 * p(purchase)^2 ranks by a weighted geometric mean).
-    weighted_sum: the sum of weight * output.
-    weights: {model output name: weight >= 0}; unset, every binary task
-      weighs 1.
-    The output is named `score` (`fused_score` if a task is named score).
-    """
+    form: ScoreForm = "weighted_product"
+    """weighted_product: the product of output ** weight; weighted_sum: of weight * output."""
+    weights: Optional[Annotated[Dict[Name, NonNegativeFloat], Field(min_length=1)]] = None
+    """{model output: weight}, at least one above 0 (unset: every binary task weighs 1)."""
 
-    form: str = "weighted_product"
-    weights: Optional[Dict[str, float]] = None
+    @_check
+    def _some_weight(self):
+        if self.weights and not any(self.weights.values()):
+            yield ("weights",), f"at least one weight must be > 0 (got {self.weights})"
 
 
-@dataclasses.dataclass(frozen=True)
-class ServingConfig:
+class ServingConfig(_Section):
     """What the exported model serves besides the per-task outputs."""
 
-    score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
+    score: ScoreConfig = ScoreConfig()
+    """The fused ranking score."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ValidationConfig:
-    """Checks beyond each task's bounds (docs/validation.md).
+# The YAML key is `schema`; the field shadows BaseModel.schema, pydantic v1's
+# JSON Schema method, which this project never calls.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
 
-    slices: lists of categorical features the Evaluator slices the eval split
-      by, besides overall (e.g. [[device], [country]]). Each task's bounds
-      apply to every slice with at least `min_slice_size` eval examples;
-      smaller slices are evaluated and reported but do not decide blessing.
-    schema: a curated schema (text proto) imported instead of the one
-      SchemaGen infers; `mtrank run --schema` overrides it.
-    drift: {feature: threshold}: the largest distance allowed between this
-      run's train statistics and the previous run's (L-infinity for
-      categorical features, Jensen-Shannon divergence for numeric ones).
-    skew: {feature: threshold}: the same distances between the train split
-      and the eval split, the most recent data and the closest to what
-      serving sees.
-    """
+    class ValidationConfig(_Section):
+        """Checks beyond each task's bounds (docs/validation.md)."""
 
-    slices: List[List[str]] = dataclasses.field(default_factory=list)
-    min_slice_size: int = 200
-    schema: Optional[str] = None
-    drift: Dict[str, float] = dataclasses.field(default_factory=dict)
-    skew: Dict[str, float] = dataclasses.field(default_factory=dict)
+        slices: List[Annotated[List[str], Field(min_length=1)]] = []
+        """Lists of categorical features to slice the eval split by, besides overall."""
+        min_slice_size: PositiveInt = 200
+        """Eval examples a slice needs before its bounds decide blessing."""
+        schema: Optional[str] = None
+        """A curated schema (text proto) imported instead of the one SchemaGen infers."""
+        drift: Dict[str, Annotated[float, Field(gt=0, le=1)]] = {}
+        """{feature or label key: threshold}: the largest distance of this run's train
+        statistics from the previous run's (docs/validation.md)."""
+        skew: Dict[str, Annotated[float, Field(gt=0, le=1)]] = {}
+        """{feature or label key: threshold}: the same distances between train and eval."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    model_name: str
-    features: List[FeatureConfig]
-    tasks: List[TaskConfig]
-    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
-    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    input: InputConfig = dataclasses.field(default_factory=InputConfig)
-    serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
-    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+class Config(_Section):
+    """An mtrank config (docs/config.md)."""
+
+    model_name: Name
+    """The served model's name and the TFX pipeline name."""
+    features: Annotated[List[FeatureConfig], Field(min_length=1)]
+    """The model inputs."""
+    tasks: Annotated[List[TaskConfig], Field(min_length=1)]
+    """The model outputs and their labels."""
+    split: SplitConfig = SplitConfig()
+    """Logs input: the split into train and eval."""
+    training: TrainingConfig = TrainingConfig()
+    """Trainer settings."""
+    model: ModelConfig = ModelConfig()
+    """What the Trainer builds."""
+    input: InputConfig = InputConfig()
+    """What the pipeline reads (default: logs)."""
+    serving: ServingConfig = ServingConfig()
+    """The fused ranking score served beside the per-task outputs."""
+    validation: ValidationConfig = ValidationConfig()
+    """Slices, a curated schema, drift and skew checks."""
+
+    # The checks across sections run in this order, each once the one before passed.
+
+    @_check
+    def _fields_fit_input_format(self):
+        fmt = self.input.format
+        if self.input.is_tabular and "split" in self.model_fields_set:
+            yield ("split",), (f"the time split applies to logs input; {fmt} input is split "
+                               "by input.split")
+        other_formats_fields = {field for other, fields in _TASK_FIELDS_BY_FORMAT.items()
+                                if other != fmt for field in fields}
+        for i, task in enumerate(self.tasks):
+            for field in sorted(other_formats_fields & task.model_fields_set):
+                yield ("tasks", i, field), f"does not apply to {fmt} input ({_LABEL_HINTS[fmt]})"
+            for field in _TASK_FIELDS_BY_FORMAT[fmt][:1]:
+                if getattr(task, field) is None:
+                    yield ("tasks", i), f"missing required field '{field}'"
+            if fmt == "csv" and task.type == "binary" and task.positive_values is None:
+                yield ("tasks", i), ("a binary task on csv input needs positive_values (the "
+                                     f"label is 1 if {task.label_column} is one of them)")
+        for i, feature in enumerate(self.features):
+            if fmt == "csv" and feature.kind == "multivalent":
+                yield ("features", i), ("a multivalent feature cannot be read from csv input "
+                                        "(one value per column)")
+        if self.model.position_tasks and fmt != "logs":
+            yield ("model", "position_tasks"), (f"{fmt} input has no 'position'; position "
+                                                "towers need logs input")
+
+    @_check
+    def _names_are_unique(self):
+        for section in ("features", "tasks"):
+            names = [entry.name for entry in getattr(self, section)]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                yield (section,), f"names must be unique; repeated: {repeated}"
+        clashes = sorted({f.name for f in self.features} & set(self.label_keys))
+        if clashes:
+            yield ("features",), f"names clash with task label keys: {clashes}"
+
+    @_check
+    def _tasks_link(self):
+        """condition / depends_on name another binary task, and ESMM outputs
+        do not clash with task names."""
+        by_name = {t.name: t for t in self.tasks}
+        for i, task in enumerate(self.tasks):
+            where = ("tasks", i, "condition" if task.condition else "depends_on")
+            parent = by_name.get(task.parent)
+            if task.parent and parent is None:
+                yield where, f"no task '{task.parent}'; tasks: {sorted(by_name)}"
+            elif task.parent and parent.type != "binary":
+                yield where, (f"'{parent.name}' is a {parent.type} task; the parent must be "
+                              "binary (its label 1 marks the sub-population)")
+            if task.conditional_output in by_name:
+                yield where, (f"its output '{task.conditional_output}' (P({task.name} | "
+                              f"{task.depends_on})) clashes with the task of that name")
+
+    @_check
+    def _tasks_have_no_cycle_and_can_be_blessed(self):
+        by_name = {t.name: t for t in self.tasks}
+        for i, task in enumerate(self.tasks):
+            chain = [task.name]  # up the parents, to a root or a task seen before
+            while by_name[chain[-1]].parent and by_name[chain[-1]].parent not in chain:
+                chain.append(by_name[chain[-1]].parent)
+            if by_name[chain[-1]].parent == task.name:
+                yield (("tasks", i, "condition" if task.condition else "depends_on"),
+                       f"cycle {' -> '.join(chain + [task.name])}")
+                return  # the other tasks of the cycle would repeat it
+        if not any(t.eval.min_auc is not None or t.eval.max_mse is not None for t in self.tasks):
+            # With no blessed model yet, change bounds have nothing to compare
+            # to, and TFMA never blesses a model that meets no bound at all.
+            yield ("tasks",), ("at least one task needs an absolute bound (eval.min_auc or "
+                               "eval.max_mse), or no first model can be blessed")
+
+    @_check
+    def _names_refer_to_tasks_and_features(self):
+        if self.model.loss_weighting != "fixed":
+            for i, task in enumerate(self.tasks):
+                if task.loss_weight == 0:
+                    yield ("tasks", i, "loss_weight"), (
+                        f"must be > 0 with model.loss_weighting {self.model.loss_weighting}, as "
+                        "it scales the loss the weighting balances (got 0.0)")
+        types = {t.name: t.type for t in self.tasks}
+        for i, name in enumerate(self.model.position_tasks):
+            if name not in types:
+                yield ("model", "position_tasks", i), f"no task {name!r}; tasks: {sorted(types)}"
+            elif types[name] != "binary":
+                yield ("model", "position_tasks", i), (f"'{name}' is a regression task; a "
+                                                       "position tower models P(seen | "
+                                                       "position) for binary tasks")
+        score = self.serving.score
+        if score.form == "weighted_product" and not score.weights and "binary" not in (
+                types.values()):
+            yield ("serving", "score"), ("weighted_product needs probabilities and there is "
+                                         "no binary task; set weights or form: weighted_sum")
+        for name in score.weights or {}:
+            if name not in self.output_names:
+                yield ("serving", "score", "weights", name), (
+                    f"not an output of the model; outputs: {self.output_names}")
+            elif score.form == "weighted_product" and types.get(name) == "regression":
+                yield ("serving", "score", "weights", name), (
+                    f"task {name} is a regression; a weighted_product multiplies "
+                    "probabilities (use form: weighted_sum)")
+        categorical = sorted(f.name for f in self.features if f.kind == "categorical")
+        for i, keys in enumerate(self.validation.slices):
+            for key in keys:
+                if key not in categorical:
+                    yield ("validation", "slices", i), (f"{key!r} is not a categorical "
+                                                        "feature; slices are taken by one of "
+                                                        f"{categorical}")
+        checkable = sorted({f.name for f in self.features} | set(self.label_keys))
+        for section in ("drift", "skew"):
+            for name in getattr(self.validation, section):
+                if name not in checkable:
+                    yield ("validation", section, name), (f"no feature or label named {name!r}; "
+                                                          f"known: {checkable}")
+
+    @_check
+    def _csv_columns_exist(self):
+        """Labels and excluded columns are never features; with column_names,
+        every column the config names must be one of them (without, the
+        header is checked when the files are read)."""
+        if self.input.format != "csv":
+            return
+        label_columns = {t.label_column: t.name for t in self.tasks}
+        columns = self.input.column_names
+        for i, name in enumerate(f.name for f in self.features):
+            if name in label_columns:
+                yield ("features", i), (f"column '{name}' is the label of task "
+                                        f"{label_columns[name]}, never a feature")
+            elif name in self.input.exclude_columns:
+                yield ("features", i), f"column '{name}' is in input.exclude_columns"
+            elif columns is not None and name not in columns:
+                yield ("features", i), f"no column '{name}' in input.column_names"
+        if columns is None:
+            return
+        for i, task in enumerate(self.tasks):
+            if task.label_column not in columns:
+                yield ("tasks", i, "label_column"), (f"no column '{task.label_column}' in "
+                                                     "input.column_names")
+        unknown = [c for c in self.input.exclude_columns if c not in columns]
+        if unknown:
+            yield ("input", "exclude_columns"), (f"no such column(s) {unknown} in "
+                                                 "input.column_names")
 
     def feature(self, name: str) -> FeatureConfig:
         for feature in self.features:
@@ -471,7 +739,7 @@ class Config:
         """The fields that apply to this config's input format (what
         `config_from_dict` accepts back): logs configs have no `input`
         section, tabular ones no time `split` and no feedback fields."""
-        raw = dataclasses.asdict(self)
+        raw = self.model_dump()
         raw["tasks"] = [task.relevant_fields(self.input.format) for task in self.tasks]
         raw["model"] = self.model.relevant_fields()
         if self.input.is_tabular:
@@ -499,464 +767,85 @@ class Config:
         return yaml.safe_dump(raw, sort_keys=False)
 
 
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+def json_schema() -> Dict[str, Any]:
+    """The JSON Schema of a config file, for editors (`mtrank config-schema`).
+    It holds every field's type, constraints, default and description; the
+    checks across fields (docs/config.md) are `config_from_dict`'s alone."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Config.model_json_schema(), "title": "mtrank config"}
 
 
-def _check_fields(cls, raw: Dict[str, Any], where: str) -> None:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+def _path(loc: tuple, raw: Any) -> str:
+    """`features[price].kind` for pydantic's ('features', 3, 'kind'): a
+    feature or task that has a name is named by it, as the user knows it."""
+    path, node = "", raw
+    for key in loc:
+        if isinstance(key, int):
+            entry = node[key] if isinstance(node, list) and key < len(node) else None
+            name = entry.get("name") if isinstance(entry, dict) else None
+            named = path in ("features", "tasks") and isinstance(name, str)
+            path += f"[{name if named else key}]"
+            node = entry
+        elif key != "[key]":  # pydantic's mark of an error in a mapping's key
+            path += f".{key}" if path else key
+            node = node.get(key) if isinstance(node, dict) else None
+    return path or "config"
 
 
-def _expect(value, types, where: str):
-    if isinstance(value, bool) or not isinstance(value, types):
-        names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
-        raise ConfigError(f"{where}: expected {names}, got {value!r}")
-    return value
-
-
-def _positive(value, where: str, types=int):
-    _expect(value, types, where)
-    if value <= 0:
-        raise ConfigError(f"{where}: must be > 0, got {value!r}")
-    return value
-
-
-def _one_of(value, choices, where: str):
-    if value not in choices:
-        raise ConfigError(f"{where}: must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def _named_entry(cls, raw: Dict[str, Any], where: str, section: str,
-                 required: Tuple[str, ...]) -> Tuple[str, str]:
-    """Checks an entry of `features` or `tasks` for its fields and a valid
-    name; returns the name and the path later errors use (`tasks[click]`)."""
-    _check_fields(cls, raw, where)
-    for field in ("name",) + required:
-        if field not in raw:
-            raise ConfigError(f"{where}: missing required field '{field}'")
-    name = _expect(raw["name"], str, f"{where}.name")
-    where = f"{section}[{name}]"
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"{where}.name: must match {_NAME_RE.pattern}")
-    return name, where
-
-
-def _feature_from_dict(raw: Dict[str, Any], where: str) -> FeatureConfig:
-    name, where = _named_entry(FeatureConfig, raw, where, "features", ("kind", "dtype"))
-    if name in RESERVED_NAMES:
-        raise ConfigError(f"{where}.name: '{name}' is reserved by the pipeline")
-    feature = FeatureConfig(**raw)
-    _one_of(feature.kind, FEATURE_KINDS, f"{where}.kind")
-    _one_of(feature.dtype, DTYPES, f"{where}.dtype")
-    _one_of(feature.encoding, CATEGORICAL_ENCODINGS, f"{where}.encoding")
-    _one_of(feature.transform, NUMERIC_TRANSFORMS, f"{where}.transform")
-    for field in ("hash_buckets", "vocab_size", "embedding_dim", "num_buckets",
-                  "num_frequencies", "max_len"):
-        _positive(getattr(feature, field), f"{where}.{field}")
-    _positive(feature.frequency_scale, f"{where}.frequency_scale", (int, float))
-    if feature.kind == "numeric" and not feature.is_numeric_value:
-        raise ConfigError(f"{where}: a numeric feature needs dtype int64 or float")
-    if feature.kind == "multivalent" and feature.dtype == "float":
-        raise ConfigError(f"{where}: a multivalent feature holds ids: dtype string or int64")
-    return feature
-
-
-_LABEL_HINTS = {
-    "logs": "tasks from logs name their feedback",
-    "csv": "tasks from csv name a label_column",
-    "tfrecord": "tfrecord input holds each label as the feature <task>_label",
-}
-
-
-def _stripped_strings(value, where: str) -> List[str]:
-    """A list of strings compared with CSV fields, which are read without the
-    spaces around them."""
-    _expect(value, list, where)
-    for i, item in enumerate(value):
-        _expect(item, str, f"{where}[{i}]")
-        if item != item.strip():
-            raise ConfigError(f"{where}[{i}]: {item!r} has spaces around it; CSV fields are "
-                              "compared with those removed")
-    return value
-
-
-def _task_from_dict(raw: Dict[str, Any], where: str, input_format: str = "logs") -> TaskConfig:
-    label_source = _TASK_FIELDS_BY_FORMAT[input_format][:1]  # feedback / label_column / none
-    name, where = _named_entry(TaskConfig, raw, where, "tasks", label_source)
-    for field in label_source:
-        _expect(raw[field], str, f"{where}.{field}")
-    for other_format, fields in _TASK_FIELDS_BY_FORMAT.items():
-        for field in fields:
-            if other_format != input_format and field in raw:
-                raise ConfigError(f"{where}.{field}: does not apply to {input_format} input "
-                                  f"({_LABEL_HINTS[input_format]})")
-    raw = dict(raw)
-    eval_raw = raw.pop("eval", None) or {}
-    _check_fields(EvalBounds, eval_raw, f"{where}.eval")
-    for key, value in eval_raw.items():
-        if value is not None:
-            _expect(value, (int, float), f"{where}.eval.{key}")
-    task_type = _one_of(raw.get("type", "binary"), TASK_TYPES, f"{where}.type")
-    # Each type has its own bounds; the other type's are None (not defaults
-    # that look as if they applied).
-    own, other = (("min_auc", "max_auc_drop"), ("max_mse", "max_mse_increase"))[
-        ::1 if task_type == "binary" else -1]
-    for key in other:
-        if eval_raw.get(key) is not None:
-            raise ConfigError(f"{where}.eval.{key}: does not apply to a {task_type} task "
-                              f"(use {' / '.join(own)})")
-    if input_format == "csv":
-        if task_type == "binary":
-            if "positive_values" not in raw:
-                raise ConfigError(f"{where}: a binary task on csv input needs positive_values "
-                                  f"(the label is 1 if {raw['label_column']} is one of them)")
-            if not _stripped_strings(raw["positive_values"], f"{where}.positive_values"):
-                raise ConfigError(f"{where}.positive_values: at least one value is needed")
-        elif "positive_values" in raw:
-            raise ConfigError(f"{where}.positive_values: does not apply to a regression task "
-                              "(its label is the column's number)")
-    bounds = dataclasses.replace(EvalBounds(**eval_raw), **{key: None for key in other})
-    task = TaskConfig(**raw, eval=bounds)
-    if input_format == "logs":
-        _positive(task.label_window_s, f"{where}.label_window_s")
-    _expect(task.loss_weight, (int, float), f"{where}.loss_weight")
-    if task.loss_weight < 0:
-        raise ConfigError(f"{where}.loss_weight: must be >= 0")
-    for field in ("condition", "depends_on"):
-        if getattr(task, field) is not None:
-            _expect(getattr(task, field), str, f"{where}.{field}")
-    return task
-
-
-def _check_task_links(tasks: List[TaskConfig]) -> None:
-    """condition / depends_on name another binary task, without cycles, and
-    ESMM outputs do not clash with task names."""
-    by_name = {t.name: t for t in tasks}
-    for task in tasks:
-        where = f"tasks[{task.name}]"
-        if task.condition and task.depends_on:
-            raise ConfigError(f"{where}: set condition (a loss masked to the parent's positives) "
-                              "or depends_on (an ESMM product over all impressions), not both")
-        if not task.parent:
-            continue
-        field = f"{where}.{'condition' if task.condition else 'depends_on'}"
-        parent = by_name.get(task.parent)
-        if parent is None:
-            raise ConfigError(f"{field}: no task '{task.parent}'; tasks: {sorted(by_name)}")
-        if parent.type != "binary":
-            raise ConfigError(f"{field}: '{parent.name}' is a {parent.type} task; the parent "
-                              "must be binary (its label 1 marks the sub-population)")
-        if task.depends_on and task.type != "binary":
-            raise ConfigError(f"{field}: only a binary task can depend on another (its "
-                              "probability is the parent's times its own)")
-        chain = [task.name]
-        while by_name[chain[-1]].parent:
-            chain.append(by_name[chain[-1]].parent)
-            if chain[-1] == task.name:
-                raise ConfigError(f"{field}: cycle {' -> '.join(chain)}")
-        if task.conditional_output in by_name:
-            raise ConfigError(f"{field}: its output '{task.conditional_output}' (P({task.name} "
-                              f"| {task.depends_on})) clashes with the task of that name")
-
-
-def _model_from_dict(raw, tasks: List[TaskConfig], input_config: InputConfig) -> ModelConfig:
-    raw = {} if raw is None else raw
-    _check_fields(ModelConfig, raw, "model")
-    model = ModelConfig(**raw)
-    _one_of(model.architecture, ARCHITECTURES, "model.architecture")
-    _one_of(model.loss_weighting, LOSS_WEIGHTINGS, "model.loss_weighting")
-    _one_of(model.position_form, POSITION_FORMS, "model.position_form")
-    for field, (decider, choices) in _MODEL_FIELDS_APPLY_TO.items():
-        if field in raw and getattr(model, decider) not in choices:
-            raise ConfigError(f"model.{field}: applies to {decider} {' / '.join(choices)}, "
-                              f"not {getattr(model, decider)}")
-    for field in ("num_experts", "task_experts", "extraction_layers", "ensemble_size",
-                  "max_position"):
-        _positive(getattr(model, field), f"model.{field}")
-    if _expect(model.cross_layers, int, "model.cross_layers") < 0:
-        raise ConfigError(f"model.cross_layers: must be >= 0, got {model.cross_layers}")
-    if model.cross_projection_dim is not None:
-        _positive(model.cross_projection_dim, "model.cross_projection_dim")
-    if not 0 <= _expect(model.dropout, (int, float), "model.dropout") < 1:
-        raise ConfigError(f"model.dropout: must be in [0, 1), got {model.dropout}")
-    _one_of(model.normalization, NORMALIZATIONS, "model.normalization")
-    if _expect(model.gradnorm_alpha, (int, float), "model.gradnorm_alpha") < 0:
-        raise ConfigError(f"model.gradnorm_alpha: must be >= 0, got {model.gradnorm_alpha}")
-    _positive(model.dwa_temperature, "model.dwa_temperature", (int, float))
-    if model.loss_weighting != "fixed":
-        for task in tasks:
-            if task.loss_weight == 0:
-                raise ConfigError(f"tasks[{task.name}].loss_weight: must be > 0 with "
-                                  f"model.loss_weighting {model.loss_weighting} (it scales the "
-                                  "loss the weighting balances)")
-    by_name = {t.name: t for t in tasks}
-    for i, name in enumerate(_expect(model.position_tasks, list, "model.position_tasks")):
-        where = f"model.position_tasks[{i}]"
-        if _expect(name, str, where) not in by_name:
-            raise ConfigError(f"{where}: no task {name!r}; tasks: {sorted(by_name)}")
-        if by_name[name].type != "binary":
-            raise ConfigError(f"{where}: '{name}' is a regression task; a position tower "
-                              "models P(seen | position) for binary tasks")
-    if len(set(model.position_tasks)) != len(model.position_tasks):
-        raise ConfigError(f"model.position_tasks: repeated task in {model.position_tasks}")
-    if model.position_tasks and input_config.format != "logs":
-        raise ConfigError(f"model.position_tasks: {input_config.format} input has no "
-                          "'position'; position towers need logs input")
-    return model
-
-
-def _input_split_from_dict(raw, where: str) -> InputSplitConfig:
-    raw = {} if raw is None else raw
-    _check_fields(InputSplitConfig, raw, where)
-    split = InputSplitConfig(**raw)
-    _expect(split.seed, int, f"{where}.seed")
-    for name in SPLIT_NAMES:
-        if _expect(getattr(split, name), int, f"{where}.{name}") < 0:
-            raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(split, name)}")
-    for name in ("train", "eval"):
-        if not getattr(split, name):
-            raise ConfigError(f"{where}.{name}: must be > 0 (the Trainer trains on train and "
-                              "validates on eval, the Evaluator evaluates eval)")
-    total = sum(getattr(split, name) for name in SPLIT_NAMES)
-    if total != 100:
-        raise ConfigError(f"{where}: train + eval + test must be 100 (percent), got {total}")
-    return split
-
-
-# The input fields that apply to each format.
-_INPUT_FIELDS_BY_FORMAT = {
-    "logs": ("format",),
-    "csv": tuple(f.name for f in dataclasses.fields(InputConfig)),
-    "tfrecord": ("format", "split"),
-}
-
-
-def _input_from_dict(raw) -> InputConfig:
-    if raw is None:
-        return InputConfig()
-    _check_fields(InputConfig, raw, "input")
-    input_format = _one_of(raw.get("format", "logs"), INPUT_FORMATS, "input.format")
-    for field in raw:
-        if field not in _INPUT_FIELDS_BY_FORMAT[input_format]:
-            raise ConfigError(f"input.{field}: does not apply to {input_format} input")
-    raw = dict(raw)
-    split = _input_split_from_dict(raw.pop("split", None), "input.split")
-    config = InputConfig(**raw, split=split)
-    if config.column_names is not None:
-        if not _stripped_strings(config.column_names, "input.column_names"):
-            raise ConfigError("input.column_names: at least one column is needed "
-                              "(or leave it out to read each file's header line)")
-        repeated = sorted({c for c in config.column_names if config.column_names.count(c) > 1})
-        if repeated:
-            raise ConfigError(f"input.column_names: names must be unique; repeated: {repeated}")
-    delimiter = _expect(config.delimiter, str, "input.delimiter")
-    if (len(delimiter) != 1 and len(delimiter.strip()) != 1) or delimiter.strip() == '"':
-        raise ConfigError("input.delimiter: must be one character other than '\"', optionally "
-                          f"with spaces around it (',' or ', '), got {delimiter!r}")
-    _stripped_strings(config.missing_values, "input.missing_values")
-    _stripped_strings(config.exclude_columns, "input.exclude_columns")
-    return config
-
-
-def _check_csv_columns(config: Config) -> None:
-    """Labels and excluded columns are never features; with column_names,
-    every column the config names must be one of them."""
-    label_columns = {t.label_column: t.name for t in config.tasks}
-    for feature in config.features:
-        where = f"features[{feature.name}]"
-        if feature.kind == "multivalent":
-            raise ConfigError(f"{where}: a multivalent feature cannot be read from csv input "
-                              "(one value per column)")
-        if feature.name in label_columns:
-            raise ConfigError(f"{where}: column '{feature.name}' is the label of task "
-                              f"{label_columns[feature.name]}, never a feature")
-        if feature.name in config.input.exclude_columns:
-            raise ConfigError(f"{where}: column '{feature.name}' is in input.exclude_columns")
-    columns = config.input.column_names
-    if columns is None:
-        return  # the header is checked when the files are read
-    for feature in config.features:
-        if feature.name not in columns:
-            raise ConfigError(f"features[{feature.name}]: no column '{feature.name}' in "
-                              "input.column_names")
-    for task in config.tasks:
-        if task.label_column not in columns:
-            raise ConfigError(f"tasks[{task.name}].label_column: no column "
-                              f"'{task.label_column}' in input.column_names")
-    unknown = [c for c in config.input.exclude_columns if c not in columns]
-    if unknown:
-        raise ConfigError(f"input.exclude_columns: no such column(s) {unknown} in "
-                          "input.column_names")
-
-
-def _section(cls, raw, where: str):
-    raw = raw or {}
-    _check_fields(cls, raw, where)
-    section = cls(**raw)
-    for field in dataclasses.fields(cls):
-        value = getattr(section, field.name)
-        if value is None and field.default is None:
-            continue
-        if field.default is dataclasses.MISSING:  # a list (default_factory)
-            _expect(value, list, f"{where}.{field.name}")
-            for i, unit in enumerate(value):
-                _positive(unit, f"{where}.{field.name}[{i}]")
-        elif field.name == "learning_rate":
-            _positive(value, f"{where}.{field.name}", (int, float))
-        elif field.name in ("seed", "gpus", "warmup_steps"):
-            _expect(value, int, f"{where}.{field.name}")
-            if value < 0:
-                raise ConfigError(f"{where}.{field.name}: must be >= 0, got {value!r}")
-        elif field.name in ("gpu_type", "checkpoint_dir"):
-            _expect(value, str, f"{where}.{field.name}")
-        elif field.name == "mixed_precision":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}.{field.name}: expected true or false, got {value!r}")
-        elif field.name == "lr_schedule":
-            _one_of(value, LR_SCHEDULES, f"{where}.{field.name}")
-        elif field.name == "weight_decay":
-            _expect(value, (int, float), f"{where}.{field.name}")
-            if value < 0:
-                raise ConfigError(f"{where}.{field.name}: must be >= 0, got {value!r}")
-        elif field.name == "ema_momentum":
-            _expect(value, (int, float), f"{where}.{field.name}")
-            if not 0 <= value < 1:
-                raise ConfigError(f"{where}.{field.name}: must be in [0, 1), got {value!r}")
-        else:
-            _positive(value, f"{where}.{field.name}")
+def _section_at(loc: tuple) -> type:
+    """The model whose fields `loc` (a path of field names and indices) reaches."""
+    section = Config
+    for key in loc:
+        if isinstance(key, str) and key in section.model_fields:
+            section = next(_sections_in(section.model_fields[key].annotation), section)
     return section
 
 
-def _serving_from_dict(raw, tasks: List[TaskConfig]) -> ServingConfig:
-    raw = {} if raw is None else raw
-    _check_fields(ServingConfig, raw, "serving")
-    score_raw = raw.get("score") or {}
-    _check_fields(ScoreConfig, score_raw, "serving.score")
-    score = ScoreConfig(**score_raw)
-    _one_of(score.form, SCORE_FORMS, "serving.score.form")
-    binary = [t.name for t in tasks if t.type == "binary"]
-    if score.weights is None:
-        if score.form == "weighted_product" and not binary:
-            raise ConfigError("serving.score: weighted_product needs probabilities and there is "
-                              "no binary task; set weights or form: weighted_sum")
-        return ServingConfig(score=score)
-    _expect(score.weights, dict, "serving.score.weights")
-    if not score.weights:
-        raise ConfigError("serving.score.weights: name at least one output")
-    regression = {t.name for t in tasks if t.type == "regression"}
-    for name, weight in score.weights.items():
-        where = f"serving.score.weights.{name}"
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ConfigError(f"{where}: an output name must match {_NAME_RE.pattern}")
-        if _expect(weight, (int, float), where) < 0:
-            raise ConfigError(f"{where}: must be >= 0, got {weight!r}")
-        if score.form == "weighted_product" and name in regression:
-            raise ConfigError(f"{where}: task {name} is a regression; a weighted_product "
-                              "multiplies probabilities (use form: weighted_sum)")
-    if not any(score.weights.values()):
-        raise ConfigError("serving.score.weights: at least one weight must be > 0")
-    return ServingConfig(score=score)
+def _sections_in(annotation) -> Iterator[type]:
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        yield annotation
+    for arg in get_args(annotation):
+        yield from _sections_in(arg)
 
 
-def _check_score_weights(config: Config) -> None:
-    weights = config.serving.score.weights or {}
-    for name in weights:
-        if name not in config.output_names:
-            raise ConfigError(f"serving.score.weights.{name}: not an output of the model; "
-                              f"outputs: {config.output_names}")
+# What a pydantic error type says is allowed; {names} are the error's ctx.
+_MESSAGES = {
+    "int_type": "expected int", "float_type": "expected a number", "string_type": "expected str",
+    "bool_type": "expected true or false", "list_type": "expected list",
+    "dict_type": "expected a mapping", "model_type": "expected a mapping",
+    "literal_error": "must be {expected}", "string_pattern_mismatch": "must match {pattern}",
+    "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
+    "too_short": "needs at least {min_length} item(s)",
+}
 
 
-def _validation_from_dict(raw, features: List[FeatureConfig],
-                          tasks: List[TaskConfig]) -> ValidationConfig:
-    if raw is None:
-        return ValidationConfig()
-    _check_fields(ValidationConfig, raw, "validation")
-    validation = ValidationConfig(**raw)
-    categorical = {f.name for f in features if f.kind == "categorical"}
-    for i, keys in enumerate(_expect(validation.slices, list, "validation.slices")):
-        where = f"validation.slices[{i}]"
-        if not _expect(keys, list, where):
-            raise ConfigError(f"{where}: name at least one feature (the overall slice is "
-                              "always evaluated)")
-        for key in keys:
-            if key not in categorical:
-                raise ConfigError(f"{where}: {key!r} is not a categorical feature; slices are "
-                                  f"taken by one of {sorted(categorical)}")
-    _positive(validation.min_slice_size, "validation.min_slice_size")
-    if validation.schema is not None:
-        _expect(validation.schema, str, "validation.schema")
-    checkable = {f.name for f in features} | {t.label_key for t in tasks}
-    for section in ("drift", "skew"):
-        for name, threshold in _expect(getattr(validation, section), dict,
-                                       f"validation.{section}").items():
-            where = f"validation.{section}.{name}"
-            if name not in checkable:
-                raise ConfigError(f"{where}: no feature or label named {name!r}; known: "
-                                  f"{sorted(checkable)}")
-            _positive(threshold, where, (int, float))
-            if threshold > 1:
-                raise ConfigError(f"{where}: a distance between distributions is at most 1, "
-                                  f"got {threshold!r}")
-    return validation
+def _problem_lines(error: Dict[str, Any], raw: Any) -> Iterator[str]:
+    """One `path: message (got VALUE)` line per problem of a pydantic error."""
+    loc, kind = error["loc"], error["type"]
+    if kind == "missing":
+        yield f"{_path(loc[:-1], raw)}: missing required field '{loc[-1]}'"
+    elif kind == "extra_forbidden":
+        known = list(_section_at(loc[:-1]).model_fields)
+        yield f"{_path(loc[:-1], raw)}: unknown field '{loc[-1]}'; known: {known}"
+    elif isinstance(error.get("ctx", {}).get("error"), _Problems):
+        for relative, message in error["ctx"]["error"].problems:
+            yield f"{_path(loc + relative, raw)}: {message}"
+    elif "error" in error.get("ctx", {}):  # a validator's ValueError names its value
+        yield f"{_path(loc, raw)}: {error['ctx']['error']}"
+    else:
+        message = _MESSAGES.get(kind, error["msg"]).format(**error.get("ctx", {}))
+        yield f"{_path(loc, raw)}: {message} (got {reprlib.repr(error['input'])})"
 
 
 def config_from_dict(raw: Dict[str, Any]) -> Config:
-    """Validates a parsed config; raises ConfigError naming the bad field."""
-    _check_fields(Config, raw, "config")
-    for required in ("model_name", "features", "tasks"):
-        if required not in raw:
-            raise ConfigError(f"config: missing required field '{required}'")
-    model_name = _expect(raw["model_name"], str, "model_name")
-    if not _NAME_RE.match(model_name):
-        raise ConfigError(f"model_name: must match {_NAME_RE.pattern}")
-    features_raw = _expect(raw["features"], list, "features")
-    tasks_raw = _expect(raw["tasks"], list, "tasks")
-    if not features_raw:
-        raise ConfigError("features: at least one feature is needed")
-    if not tasks_raw:
-        raise ConfigError("tasks: at least one task is needed")
-    input_config = _input_from_dict(raw.get("input"))
-    if input_config.is_tabular and "split" in raw:
-        raise ConfigError(f"split: the time split applies to logs input; {input_config.format} "
-                          "input is split by input.split")
-    features = [_feature_from_dict(f, f"features[{i}]") for i, f in enumerate(features_raw)]
-    tasks = [_task_from_dict(t, f"tasks[{i}]", input_config.format)
-             for i, t in enumerate(tasks_raw)]
-    for kind, names in (("feature", [f.name for f in features]), ("task", [t.name for t in tasks])):
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigError(f"{kind} names must be unique; repeated: {duplicates}")
-    _check_task_links(tasks)
-    clashes = sorted({f.name for f in features} & {t.label_key for t in tasks})
-    if clashes:
-        raise ConfigError(f"feature names clash with task label keys: {clashes}")
-    if not any(t.eval.min_auc is not None or t.eval.max_mse is not None for t in tasks):
-        # With no blessed model yet, change bounds have nothing to compare
-        # to, and TFMA never blesses a model that meets no bound at all.
-        raise ConfigError("tasks: at least one task needs an absolute bound (eval.min_auc or "
-                          "eval.max_mse), or no first model can be blessed")
-    config = Config(
-        model_name=model_name,
-        features=features,
-        tasks=tasks,
-        split=_section(SplitConfig, raw.get("split"), "split"),
-        training=_section(TrainingConfig, raw.get("training"), "training"),
-        model=_model_from_dict(raw.get("model"), tasks, input_config),
-        input=input_config,
-        serving=_serving_from_dict(raw.get("serving"), tasks),
-        validation=_validation_from_dict(raw.get("validation"), features, tasks),
-    )
-    _check_score_weights(config)
-    if config.split.eval_percent >= 100:
-        raise ConfigError(f"split.eval_percent: must be below 100, got {config.split.eval_percent}")
-    if config.input.format == "csv":
-        _check_csv_columns(config)
-    return config
+    """Validates a parsed config; raises ConfigError naming the bad fields,
+    one line each."""
+    try:
+        return Config.model_validate(raw)
+    except pydantic.ValidationError as e:
+        lines = [line for error in e.errors() for line in _problem_lines(error, raw)]
+        raise ConfigError("\n".join(lines)) from None
 
 
 def load_config(path: str) -> Config:
@@ -969,7 +858,7 @@ def load_config(path: str) -> Config:
     try:
         return config_from_dict(raw if raw is not None else {})
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(e).splitlines())) from e
 
 
 def config_from_json(text: str) -> Config:

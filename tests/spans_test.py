@@ -2,7 +2,6 @@
 each run ingests one new span, and the training window is the newest
 artifacts of the last `split.window_spans` spans, earlier ones reused from
 ML Metadata rather than read again."""
-import dataclasses
 import os
 
 import pytest
@@ -10,7 +9,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from mtrank.components import spans
 from mtrank.pipeline import config_inference, local_runner
-from mtrank.reporting import run_summary
+from mtrank.reporting import metadata
 from mtrank.simulator import logs as simulator
 
 DAYS = 4  # with one day of lookahead, the first three are complete
@@ -22,14 +21,15 @@ def partitions(tmp_path_factory):
     simulator.simulate(out, impressions=1600, days=DAYS, seed=5)
     pattern = os.path.join(out, "events-{YYYY}-{MM}-{DD}.jsonl.gz")
     config = config_inference.infer_config(pattern)
-    config = dataclasses.replace(config, split=dataclasses.replace(config.split, window_spans=2))
+    config = config.model_copy(update={"split": config.split.model_copy(
+        update={"window_spans": 2})})
     return pattern, config, sorted(spans.list_spans(pattern))
 
 
 def _executions(work_dir, pipeline_name, node_id):
     """[({input artifact ids}, {output artifact ids})] of one pipeline
     node's executions, oldest first, and the store."""
-    store = run_summary.open_store(os.path.join(work_dir, local_runner.METADATA_FILE))
+    store = metadata.open_store(work_dir)
     context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
     result = []
     for execution in sorted(store.get_executions_by_context(context.id), key=lambda e: e.id):
