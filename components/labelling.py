@@ -17,25 +17,12 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Union
 
 import tensorflow as tf
 
-from mtrank.base import log_contract
+from mtrank.base import counts, log_contract
 from mtrank.base import config as config_lib
+from mtrank.base import examples, serving_contract
 
-# Outcome names, the keys of the ingestion counts.
-EXAMPLE = "impressions"
-FEEDBACK_MERGED = "feedback_merged"
-FEEDBACK_LATE = "feedback_late"
-DUPLICATES = "duplicates"
-FEEDBACK_UNUSED_TYPE = "feedback_unused_type"
-FEEDBACK_PREVIOUS_SPAN = "feedback_previous_span"
-# Outcomes of lines that another span counts (see join_group).
-LOOKAHEAD_PREFIX = "lookahead."
-DEAD_LETTER_PREFIX = "dead_letter."
 SECONDS_PER_DAY = 86400
 MICROS = 1_000_000
-
-
-def dead_letter_outcome(reason: str) -> str:
-    return DEAD_LETTER_PREFIX + reason
 
 
 def _fingerprint(item: Union["Impression", "Feedback"]) -> str:
@@ -60,9 +47,7 @@ class Impression(NamedTuple):
     @property
     def features(self) -> Dict[str, list]:
         """The converted features, {name: values} (for inspection)."""
-        feature_map = tf.train.Example.FromString(self.features_example).features.feature
-        return {name: list(getattr(f, f.WhichOneof("kind")).value) if f.WhichOneof("kind")
-                else [] for name, f in feature_map.items()}
+        return examples.example_values(tf.train.Example.FromString(self.features_example))
 
 
 class Feedback(NamedTuple):
@@ -77,41 +62,6 @@ class Feedback(NamedTuple):
     @classmethod
     def of(cls, event: log_contract.Event, line: str, source: str = "") -> "Feedback":
         return cls(event.type, event.ts, event.value, line, source)
-
-
-def _convert_scalar(value, dtype: str, where: str):
-    if dtype == "string":
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return value.encode("utf-8")
-    if isinstance(value, str):
-        raise ValueError(f"{where}: expected a number, got a string")
-    if dtype == "float":
-        return float(value)
-    # An integer feature sent as 3.0 is converted; 3.5 has no integer value.
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
-    if not -log_contract.INT64_MAX - 1 <= value <= log_contract.INT64_MAX:
-        raise ValueError(f"{where}: {value!r} is out of the int64 range")
-    return int(value)
-
-
-def feature_values(feature: config_lib.FeatureConfig, value):
-    """One feature's value in its config dtype, as the list a tf.Example holds.
-
-    A missing (None) scalar becomes the feature's default, the same default
-    the serving signature applies, so training and serving agree.
-    """
-    where = f"features.{feature.name}"
-    if value is None:
-        return [] if not feature.is_scalar else [
-            _convert_scalar(feature.default_value, feature.dtype, where)]
-    if feature.is_scalar:
-        if isinstance(value, list):
-            raise ValueError(f"{where}: expected one value, got a list")
-        return [_convert_scalar(value, feature.dtype, where)]
-    values = value if isinstance(value, list) else [value]
-    return [_convert_scalar(v, feature.dtype, where) for v in values]
 
 
 def raw_feature(event: log_contract.Event, name: str):
@@ -132,7 +82,7 @@ class ImpressionConverter:
     _EXACT_TYPES = {"string": str, "int64": int, "float": float}
 
     def __init__(self, config: config_lib.Config):
-        self._features = [(f, _VALUE_LISTS[f.dtype], self._EXACT_TYPES[f.dtype])
+        self._features = [(f, examples.VALUE_LISTS[f.dtype], self._EXACT_TYPES[f.dtype])
                           for f in config.features]
 
     def __call__(self, event: log_contract.Event, line: str,
@@ -145,37 +95,15 @@ class ImpressionConverter:
                 values = getattr(feature_map[feature.name], list_name)
                 if feature.is_scalar and type(value) is exact_type and (
                         exact_type is not int
-                        or -log_contract.INT64_MAX - 1 <= value <= log_contract.INT64_MAX):
+                        or serving_contract.INT64_MIN <= value <= serving_contract.INT64_MAX):
                     values.value.append(value.encode("utf-8") if exact_type is str else value)
                 else:
-                    set_feature(feature_map, feature.name, feature.dtype,
-                                feature_values(feature, value))
+                    examples.set_feature(feature_map, feature.name, feature.dtype,
+                                         examples.feature_values(feature, value))
         except ValueError as e:
             return log_contract.DeadLetter(log_contract.WRONG_TYPE, str(e), line, source)
         return Impression(event.ts, event.request_id, event.position,
                           example.SerializeToString(deterministic=True), line, source)
-
-
-def to_impression(config: config_lib.Config, event: log_contract.Event, line: str,
-                  source: str = "") -> Union[Impression, log_contract.DeadLetter]:
-    """Converts one impression's features to the config's dtypes, or says why
-    not (ingestion keeps one ImpressionConverter for all its lines)."""
-    return ImpressionConverter(config)(event, line, source)
-
-
-_VALUE_LISTS = {"string": "bytes_list", "int64": "int64_list", "float": "float_list"}
-
-
-def set_feature(feature_map, name: str, dtype: str, values) -> None:
-    """Writes values of the config dtype into a tf.Example's feature map, in
-    place (no intermediate protos: this runs for every feature of every
-    impression). The dtype is explicit because an empty list still needs the
-    feature's own kind, or the schema would see one feature with two types."""
-    value_list = getattr(feature_map[name], _VALUE_LISTS[dtype])
-    if values:
-        value_list.value.extend(values)
-    else:
-        value_list.SetInParent()
 
 
 @dataclasses.dataclass
@@ -196,7 +124,7 @@ class JoinResult:
 
 def _dead(result: JoinResult, reason: str, detail: str, line: str, source: str = "") -> None:
     result.dead_letters.append(log_contract.DeadLetter(reason, detail, line, source))
-    result.outcomes.append(dead_letter_outcome(reason))
+    result.outcomes.append(counts.dead_letter_outcome(reason))
 
 
 def _count_repeats_once(items: list, result: JoinResult) -> list:
@@ -208,7 +136,7 @@ def _count_repeats_once(items: list, result: JoinResult) -> list:
     for item in items:
         fingerprint = _fingerprint(item)
         if fingerprint in seen:
-            result.outcomes.append(DUPLICATES)
+            result.outcomes.append(counts.DUPLICATES)
         else:
             seen.add(fingerprint)
             unique.append(item)
@@ -241,7 +169,7 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
         for event in feedback:
             if span_start_ts is not None and (
                     event.ts - span_start_ts) / MICROS <= _longest_window_s(config, event.type):
-                result.outcomes.append(FEEDBACK_PREVIOUS_SPAN)
+                result.outcomes.append(counts.FEEDBACK_PREVIOUS_SPAN)
                 continue
             _dead(result, log_contract.ORPHAN_FEEDBACK,
                   f"no impression with request_id={key[0]!r} item_id={key[1]!r}",
@@ -271,15 +199,15 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
         tasks_by_feedback.setdefault(task.feedback, []).append(task)
     from_lookahead = {id(event) for event in lookahead}
     for event in feedback + lookahead:
-        prefix = LOOKAHEAD_PREFIX if id(event) in from_lookahead else ""
+        prefix = counts.LOOKAHEAD_PREFIX if id(event) in from_lookahead else ""
         tasks = tasks_by_feedback.get(event.type)
         if not tasks:
-            result.outcomes.append(prefix + FEEDBACK_UNUSED_TYPE)
+            result.outcomes.append(prefix + counts.FEEDBACK_UNUSED_TYPE)
             continue
         delay_s = (event.ts - kept.ts) / MICROS
         if delay_s < 0:
             if prefix:
-                result.outcomes.append(prefix + dead_letter_outcome(
+                result.outcomes.append(prefix + counts.dead_letter_outcome(
                     log_contract.FEEDBACK_BEFORE_IMPRESSION))
             else:
                 _dead(result, log_contract.FEEDBACK_BEFORE_IMPRESSION,
@@ -293,7 +221,8 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
                     labels[task.name] = 1.0
                 else:
                     labels[task.name] += event.value if event.value is not None else 1.0
-        result.outcomes.append(prefix + (FEEDBACK_MERGED if merged else FEEDBACK_LATE))
+        result.outcomes.append(
+            prefix + (counts.FEEDBACK_MERGED if merged else counts.FEEDBACK_LATE))
 
     joined = tf.train.Example()
     feature_map = joined.features.feature
@@ -309,7 +238,7 @@ def join_group(config: config_lib.Config, impressions: Iterable[Impression],
     # cost). Deterministic: the same input gives the same bytes.
     result.example_bytes = kept.features_example + joined.SerializeToString(deterministic=True)
     result.impression_ts = kept.ts
-    result.outcomes.append(EXAMPLE)
+    result.outcomes.append(counts.EXAMPLE)
     return result
 
 

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from mtrank.components import labelling
+from mtrank.base import counts
 from mtrank.base import log_contract as lc
 from mtrank.base import config as config_lib
 
@@ -74,7 +75,7 @@ def _note(line: str):
 
 def _impression(ts=T0, line=None, source="a.jsonl", config=CONFIG, **kwargs):
     event = _impression_event(ts=ts, **kwargs)
-    result = labelling.to_impression(config, event, _line(event, line), source)
+    result = labelling.ImpressionConverter(config)(event, _line(event, line), source)
     assert isinstance(result, labelling.Impression), result
     return result
 
@@ -100,85 +101,10 @@ def _label(result, task):
     return values[0]
 
 
-# --- feature_values ---------------------------------------------------------
+# --- ImpressionConverter ----------------------------------------------------
 
 
-def _feature(name):
-    return CONFIG.feature(name)
-
-
-def test_int_for_float_feature_becomes_float():
-    values = labelling.feature_values(_feature("price"), 3)
-    assert values == [3.0] and isinstance(values[0], float)
-
-
-def test_integral_float_for_int64_feature_becomes_int():
-    values = labelling.feature_values(_feature("age"), 31.0)
-    assert values == [31] and type(values[0]) is int
-
-
-def test_int_stays_int():
-    values = labelling.feature_values(_feature("age"), 7)
-    assert values == [7] and type(values[0]) is int
-
-
-@pytest.mark.parametrize("value", [2.5, -0.1, float("nan"), float("inf")])
-def test_non_integral_float_for_int64_raises(value):
-    with pytest.raises(ValueError, match="features.age"):
-        labelling.feature_values(_feature("age"), value)
-
-
-@pytest.mark.parametrize("name", ["price", "age"])
-def test_string_for_numeric_raises(name):
-    with pytest.raises(ValueError, match=f"features.{name}"):
-        labelling.feature_values(_feature(name), "12")
-
-
-@pytest.mark.parametrize("value", [12, 1.5])
-def test_number_for_string_feature_raises(value):
-    with pytest.raises(ValueError, match="features.country"):
-        labelling.feature_values(_feature("country"), value)
-
-
-@pytest.mark.parametrize("name, value", [("country", ["DE"]), ("price", [1.0]), ("age", [])])
-def test_list_for_scalar_raises(name, value):
-    with pytest.raises(ValueError, match=f"features.{name}"):
-        labelling.feature_values(_feature(name), value)
-
-
-def test_string_values_are_utf8_bytes():
-    assert labelling.feature_values(_feature("country"), "Sch\u00f6n") == ["Sch\u00f6n".encode()]
-    assert labelling.feature_values(_feature("tags"), ["x", "\u00e9"]) == [b"x", "\u00e9".encode()]
-
-
-def test_scalar_for_multivalent_is_wrapped():
-    assert labelling.feature_values(_feature("tags"), "solo") == [b"solo"]
-    assert labelling.feature_values(_feature("cats"), 5) == [5]
-    assert labelling.feature_values(_feature("cats"), 5.0) == [5]
-
-
-def test_multivalent_list_converts_each_element():
-    assert labelling.feature_values(_feature("cats"), [1, 2.0, 3]) == [1, 2, 3]
-    with pytest.raises(ValueError, match="features.cats"):
-        labelling.feature_values(_feature("cats"), [1, 2.5])
-    with pytest.raises(ValueError, match="features.tags"):
-        labelling.feature_values(_feature("tags"), ["a", 1])
-
-
-def test_none_becomes_default_for_scalar_and_empty_for_list():
-    assert labelling.feature_values(_feature("country"), None) == [b""]
-    price = labelling.feature_values(_feature("price"), None)
-    assert price == [0.0] and isinstance(price[0], float)
-    age = labelling.feature_values(_feature("age"), None)
-    assert age == [0] and type(age[0]) is int
-    assert labelling.feature_values(_feature("tags"), None) == []
-    assert labelling.feature_values(_feature("cats"), None) == []
-
-
-# --- to_impression ----------------------------------------------------------
-
-
-def test_to_impression_converts_every_config_feature():
+def test_impression_converter_converts_every_config_feature():
     imp = _impression(features={"country": "FR", "price": 2, "age": 4.0, "tags": "t",
                                 "extra_not_in_config": "ignored"})
     assert imp.features == {
@@ -188,7 +114,7 @@ def test_to_impression_converts_every_config_feature():
     assert json.loads(imp.line)["type"] == "impression" and imp.source == "a.jsonl"
 
 
-def test_to_impression_missing_features_get_defaults():
+def test_impression_converter_missing_features_get_defaults():
     imp = _impression(features={})
     assert imp.features["country"] == [b""]
     assert imp.features["price"] == [0.0]
@@ -199,10 +125,10 @@ def test_to_impression_missing_features_get_defaults():
 @pytest.mark.parametrize("name, value", [
     ("age", 2.5), ("price", "cheap"), ("country", 7), ("tags", [1, 2]), ("age", [1]),
 ])
-def test_to_impression_dead_letter_names_the_feature(name, value):
+def test_impression_converter_dead_letter_names_the_feature(name, value):
     features = dict(FEATURES, **{name: value})
     event = _impression_event(features=features)
-    result = labelling.to_impression(CONFIG, event, "the raw line", "src.jsonl")
+    result = labelling.ImpressionConverter(CONFIG)(event, "the raw line", "src.jsonl")
     assert isinstance(result, lc.DeadLetter)
     assert result.reason == lc.WRONG_TYPE
     assert f"features.{name}" in result.detail
@@ -213,7 +139,7 @@ def test_to_impression_dead_letter_names_the_feature(name, value):
 @pytest.mark.parametrize("value", [2 ** 63, -(2 ** 63) - 1, 1e30])
 def test_int64_out_of_range_is_a_dead_letter_not_a_crash(value):
     event = _impression_event(features=dict(FEATURES, age=value))
-    result = labelling.to_impression(CONFIG, event, "line", "src")
+    result = labelling.ImpressionConverter(CONFIG)(event, "line", "src")
     if isinstance(result, labelling.Impression):
         labelling.join_group(CONFIG, [result], [])  # must not raise
     assert isinstance(result, lc.DeadLetter)
@@ -227,15 +153,15 @@ def test_binary_label_1_when_feedback_within_window():
     result = labelling.join_group(CONFIG, [_impression()], [_feedback(delay_s=CLICK_WINDOW_S - 1)])
     assert _label(result, "click") == 1.0
     assert _label(result, "revenue") == 0.0
-    assert result.outcomes.count(labelling.FEEDBACK_MERGED) == 1
+    assert result.outcomes.count(counts.FEEDBACK_MERGED) == 1
     assert result.dead_letters == []
 
 
 def test_binary_label_0_when_feedback_outside_window():
     result = labelling.join_group(CONFIG, [_impression()], [_feedback(delay_s=CLICK_WINDOW_S + 1)])
     assert _label(result, "click") == 0.0
-    assert result.outcomes.count(labelling.FEEDBACK_LATE) == 1
-    assert labelling.FEEDBACK_MERGED not in result.outcomes
+    assert result.outcomes.count(counts.FEEDBACK_LATE) == 1
+    assert counts.FEEDBACK_MERGED not in result.outcomes
 
 
 def test_feedback_at_impression_time_is_within_window():
@@ -247,7 +173,7 @@ def test_feedback_before_impression_is_dead_lettered():
     result = labelling.join_group(CONFIG, [_impression()], [_feedback(delay_s=-1)])
     assert _label(result, "click") == 0.0
     assert [d.reason for d in result.dead_letters] == [lc.FEEDBACK_BEFORE_IMPRESSION]
-    assert labelling.FEEDBACK_LATE not in result.outcomes
+    assert counts.FEEDBACK_LATE not in result.outcomes
 
 
 def test_exact_repeats_count_once_as_duplicates():
@@ -255,9 +181,9 @@ def test_exact_repeats_count_once_as_duplicates():
     click = _feedback(delay_s=5)
     result = labelling.join_group(CONFIG, [impression, impression], [click, click, click])
     assert _label(result, "click") == 1.0
-    assert result.outcomes.count(labelling.DUPLICATES) == 3
-    assert result.outcomes.count(labelling.FEEDBACK_MERGED) == 1
-    assert result.outcomes.count(labelling.EXAMPLE) == 1
+    assert result.outcomes.count(counts.DUPLICATES) == 3
+    assert result.outcomes.count(counts.FEEDBACK_MERGED) == 1
+    assert result.outcomes.count(counts.EXAMPLE) == 1
     assert not result.dead_letters
 
 
@@ -265,7 +191,7 @@ def test_several_clicks_give_binary_label_one_not_a_count():
     fb = [_feedback(delay_s=s, line=f"c{s}") for s in (1, 2, 3)]
     result = labelling.join_group(CONFIG, [_impression()], fb)
     assert _label(result, "click") == 1.0
-    assert result.outcomes.count(labelling.FEEDBACK_MERGED) == 3
+    assert result.outcomes.count(counts.FEEDBACK_MERGED) == 3
 
 
 def test_regression_sums_values_within_window():
@@ -277,8 +203,8 @@ def test_regression_sums_values_within_window():
     result = labelling.join_group(CONFIG, [_impression()], fb)
     assert _label(result, "revenue") == pytest.approx(14.75)
     assert _label(result, "click") == 0.0
-    assert result.outcomes.count(labelling.FEEDBACK_MERGED) == 2
-    assert result.outcomes.count(labelling.FEEDBACK_LATE) == 1
+    assert result.outcomes.count(counts.FEEDBACK_MERGED) == 2
+    assert result.outcomes.count(counts.FEEDBACK_LATE) == 1
 
 
 def test_regression_feedback_without_value_counts_one():
@@ -298,13 +224,13 @@ def test_one_feedback_type_can_label_several_tasks():
     assert _label(result, "quick") == 0.0
     assert _label(result, "slow") == 1.0
     # One event, one outcome: merged into at least one task.
-    assert result.outcomes.count(labelling.FEEDBACK_MERGED) == 1
-    assert labelling.FEEDBACK_LATE not in result.outcomes
+    assert result.outcomes.count(counts.FEEDBACK_MERGED) == 1
+    assert counts.FEEDBACK_LATE not in result.outcomes
 
 
 def test_unused_feedback_type():
     result = labelling.join_group(CONFIG, [_impression()], [_feedback("like", delay_s=5)])
-    assert result.outcomes.count(labelling.FEEDBACK_UNUSED_TYPE) == 1
+    assert result.outcomes.count(counts.FEEDBACK_UNUSED_TYPE) == 1
     assert _label(result, "click") == 0.0 and _label(result, "revenue") == 0.0
     assert result.dead_letters == []
 
@@ -316,7 +242,7 @@ def test_feedback_window_is_measured_from_the_kept_impression():
     fb = _feedback(delay_s=2 * CLICK_WINDOW_S + 60)
     result = labelling.join_group(CONFIG, [late, early], [fb])
     assert _label(result, "click") == 0.0
-    assert labelling.FEEDBACK_LATE in result.outcomes
+    assert counts.FEEDBACK_LATE in result.outcomes
 
 
 # --- join_group: orphans and duplicates -------------------------------------
@@ -327,7 +253,7 @@ def test_orphan_feedback_is_dead_lettered_with_source():
           _feedback("like", delay_s=2, line="orphan-2", source="y.jsonl.gz")]
     result = labelling.join_group(CONFIG, [], fb, ("r1", "i1"))
     assert result.example is None and result.impression_ts is None
-    assert result.outcomes == [labelling.dead_letter_outcome(lc.ORPHAN_FEEDBACK)] * 2
+    assert result.outcomes == [counts.dead_letter_outcome(lc.ORPHAN_FEEDBACK)] * 2
     assert sorted((d.reason, _note(d.line), d.source) for d in result.dead_letters) == [
         (lc.ORPHAN_FEEDBACK, "orphan-1", "x.jsonl"),
         (lc.ORPHAN_FEEDBACK, "orphan-2", "y.jsonl.gz"),
@@ -350,8 +276,8 @@ def test_duplicate_impressions_keep_earliest_regardless_of_order(seed):
         (lc.CONFLICTING_IMPRESSION, "second", "s2"),
         (lc.CONFLICTING_IMPRESSION, "third", "s3"),
     ]
-    assert result.outcomes.count(labelling.dead_letter_outcome(lc.CONFLICTING_IMPRESSION)) == 2
-    assert result.outcomes.count(labelling.EXAMPLE) == 1
+    assert result.outcomes.count(counts.dead_letter_outcome(lc.CONFLICTING_IMPRESSION)) == 2
+    assert result.outcomes.count(counts.EXAMPLE) == 1
 
 
 def test_duplicate_impressions_with_equal_ts_break_ties_by_line():
@@ -432,9 +358,9 @@ def test_lookahead_feedback_labels_but_is_counted_by_its_own_span():
         span_start_ts=T0)
     assert _label(result, "revenue") == 3.0
     assert sorted(result.outcomes) == sorted([
-        labelling.EXAMPLE, labelling.FEEDBACK_MERGED,
-        labelling.LOOKAHEAD_PREFIX + labelling.FEEDBACK_MERGED,
-        labelling.LOOKAHEAD_PREFIX + labelling.dead_letter_outcome(lc.FEEDBACK_BEFORE_IMPRESSION)])
+        counts.EXAMPLE, counts.FEEDBACK_MERGED,
+        counts.LOOKAHEAD_PREFIX + counts.FEEDBACK_MERGED,
+        counts.LOOKAHEAD_PREFIX + counts.dead_letter_outcome(lc.FEEDBACK_BEFORE_IMPRESSION)])
     assert result.dead_letters == []  # the later span dead-letters its own lines
 
 
@@ -446,7 +372,7 @@ def test_without_an_impression_early_feedback_belongs_to_the_previous_span():
                                   lookahead_feedback=[_feedback(delay_s=99999)],
                                   span_start_ts=day_start)
     assert sorted(result.outcomes) == sorted([
-        labelling.FEEDBACK_PREVIOUS_SPAN, labelling.dead_letter_outcome(lc.ORPHAN_FEEDBACK)])
+        counts.FEEDBACK_PREVIOUS_SPAN, counts.dead_letter_outcome(lc.ORPHAN_FEEDBACK)])
     assert [_note(d.line) for d in result.dead_letters] == ["late"]
 
 
@@ -465,8 +391,8 @@ def test_outcomes_count_equals_input_events(impressions, feedback):
     result = labelling.join_group(CONFIG, imps, fb)
     assert len(result.outcomes) == impressions + feedback
     assert len(result.dead_letters) == sum(
-        o.startswith(labelling.DEAD_LETTER_PREFIX) for o in result.outcomes)
-    assert result.outcomes.count(labelling.EXAMPLE) == (1 if impressions else 0)
+        o.startswith(counts.DEAD_LETTER_PREFIX) for o in result.outcomes)
+    assert result.outcomes.count(counts.EXAMPLE) == (1 if impressions else 0)
     assert (result.example is not None) == bool(impressions)
 
 
@@ -504,5 +430,5 @@ def test_last_microsecond_of_a_day_is_still_that_day():
 
 
 def test_dead_letter_outcome_names():
-    assert labelling.dead_letter_outcome(lc.ORPHAN_FEEDBACK) == "dead_letter.orphan_feedback"
+    assert counts.dead_letter_outcome(lc.ORPHAN_FEEDBACK) == "dead_letter.orphan_feedback"
     assert json.loads(lc.DeadLetter("r", "d", "l", "s").to_json())["dead_letter_reason"] == "r"

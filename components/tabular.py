@@ -7,7 +7,7 @@ Beam. A row either becomes one example or one dead letter with a reason:
 
 - CSV: the features in their config dtypes (an empty field or one of
   `input.missing_values` becomes the feature's default, converted exactly as
-  for logs by `labelling.feature_values`) and each task's label as the float
+  for logs by `examples.feature_values`) and each task's label as the float
   feature `<task>_label`; every other column is left out.
 - tf.Example: kept as it is, once each task's `<task>_label` is checked.
 
@@ -24,8 +24,7 @@ from typing import List, Optional, Sequence, Union
 
 import tensorflow as tf
 
-from mtrank.components import labelling
-from mtrank.base import log_contract
+from mtrank.base import examples, log_contract
 from mtrank.base import config as config_lib
 
 # Dead-letter reasons of tabular rows.
@@ -70,7 +69,7 @@ def feature_from_text(feature: config_lib.FeatureConfig, text: Optional[str]) ->
     value = text
     if text is not None and feature.is_numeric_value:
         value = parse_number(text, f"features.{feature.name}")
-    return labelling.feature_values(feature, value)
+    return examples.feature_values(feature, value)
 
 
 def label_from_text(task: config_lib.TaskConfig, text: str) -> float:
@@ -114,14 +113,14 @@ def csv_row_to_example(config: config_lib.Config, columns: Sequence[str], raw: b
     feature_map = example.features.feature
     try:
         for feature in config.features:
-            labelling.set_feature(feature_map, feature.name, feature.dtype,
+            examples.set_feature(feature_map, feature.name, feature.dtype,
                                   feature_from_text(feature, row[feature.name]))
         for task in config.tasks:
             text = row[task.label_column]
             if text is None:
                 return DeadLetter(MISSING_LABEL, f"tasks.{task.name}: column "
                                   f"{task.label_column} is missing", line, source)
-            labelling.set_feature(feature_map, task.label_key, "float",
+            examples.set_feature(feature_map, task.label_key, "float",
                                   [label_from_text(task, text)])
     except ValueError as e:
         return DeadLetter(WRONG_TYPE, str(e), line, source)

@@ -1,8 +1,9 @@
 """Client for mtrank ranking servers: ours (serving/server.py) or TensorFlow Serving.
 
 It only uses the stock TensorFlow Serving stubs, so the same code talks to
-both. Features are given as JSON-like dicts and become tf.Examples through
-`example_from_json`, the JSON-to-Example mapping of the whole project.
+both. Features are given as JSON-like dicts and become tf.Examples (or
+predict_raw's tensors) by the JSON-to-Example mapping of the whole project,
+base/examples.py.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextI
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -26,9 +27,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from mtrank.base import examples as examples_lib
 from mtrank.base import log_contract, log_files
-from mtrank.serving import model_store, signatures
-from mtrank.serving.server import GRPC_OPTIONS, SIGNATURE_DEF_FIELD
+from mtrank.base import serving_contract as contract
+from mtrank.serving import signatures
 
 logger = logging.getLogger(__name__)
 
@@ -36,50 +38,6 @@ DEFAULT_BATCH_SIZE = 256
 
 Features = Mapping[str, Any]
 Row = Tuple[str, str, Dict[str, float]]
-
-
-def _is_number(value) -> bool:
-    # bool is an int subclass, but true/false is not a number in the log contract.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_int64(name: str, value: int) -> int:
-    if not model_store.INT64_MIN <= value <= model_store.INT64_MAX:
-        raise ValueError(f"feature '{name}': {value} does not fit in int64")
-    return value
-
-
-def example_from_json(features: Features) -> tf.train.Example:
-    """Builds a tf.Example from a JSON object of features.
-
-    str -> bytes_list (UTF-8); int -> int64_list; float -> float_list;
-    a list of str -> bytes_list; a list of numbers -> int64_list if all are
-    ints, else float_list. None and [] carry no value, so the feature is
-    omitted and the model's default applies. Booleans, mixed lists and any
-    other type raise ValueError naming the feature.
-    """
-    example = tf.train.Example()
-    for name, value in features.items():
-        if not isinstance(name, str):
-            raise ValueError(f"feature names must be strings, got {name!r}")
-        if value is None or (isinstance(value, list) and not value):
-            continue
-        values = value if isinstance(value, list) else [value]
-        feature = example.features.feature[name]
-        if all(isinstance(v, str) for v in values):
-            feature.bytes_list.value.extend(v.encode("utf-8") for v in values)
-        elif all(isinstance(v, int) and _is_number(v) for v in values):
-            feature.int64_list.value.extend(_check_int64(name, v) for v in values)
-        elif all(_is_number(v) for v in values):
-            feature.float_list.value.extend(values)
-        elif any(isinstance(v, bool) for v in values):
-            raise ValueError(f"feature '{name}': booleans are not allowed; use 0/1 or a string")
-        elif isinstance(value, list):
-            raise ValueError(f"feature '{name}': a list must hold only strings or only numbers")
-        else:
-            raise ValueError(f"feature '{name}': expected string, number or list, "
-                             f"got {type(value).__name__}")
-    return example
 
 
 def impression_features(event: Mapping[str, Any]) -> Dict[str, Any]:
@@ -96,66 +54,57 @@ def impression_features(event: Mapping[str, Any]) -> Dict[str, Any]:
     return features
 
 
-def impression_to_example(event: Mapping[str, Any]) -> tf.train.Example:
-    """impression_features as a tf.Example."""
-    return example_from_json(impression_features(event))
-
-
 class DeadlineExceeded(TimeoutError):
     """A call of the client ran out of its time before the server answered."""
 
 
-_RAW_DEFAULTS = {types_pb2.DT_STRING: b"", types_pb2.DT_INT64: 0, types_pb2.DT_FLOAT: 0.0}
-_RAW_NUMPY = {types_pb2.DT_STRING: object, types_pb2.DT_INT64: np.int64,
-              types_pb2.DT_FLOAT: np.float32}
+def examples_tensor(candidates: Sequence[Union[Features, tf.train.Example]]
+                    ) -> tensor_pb2.TensorProto:
+    """serving_default's input: the candidates as serialized tf.Examples,
+    feature dicts converted by examples.example_from_json."""
+    serialized = [(c if isinstance(c, tf.train.Example) else examples_lib.example_from_json(c)
+                   ).SerializeToString() for c in candidates]
+    return tf.make_tensor_proto(serialized, dtype=tf.string)
 
 
-def _raw_value(name: str, value, dtype: int):
-    if dtype == types_pb2.DT_STRING:
-        if not isinstance(value, str):
-            raise ValueError(f"feature '{name}': expected a string, got {value!r}")
-        return value.encode("utf-8")
-    if not _is_number(value):
-        raise ValueError(f"feature '{name}': expected a number, got {value!r}")
-    if dtype == types_pb2.DT_INT64:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"feature '{name}': expected an integer, got {value!r}")
-        return _check_int64(name, int(value))
-    return float(value)
+# The serving contract's dtype name of each TensorFlow DataType predict_raw takes.
+_DTYPE_NAMES = {tf_dtype.as_datatype_enum: name
+                for name, tf_dtype in signatures.TF_DTYPES.items()}
 
 
 def raw_tensors(candidates: Sequence[Features], inputs: Mapping[str, Tuple[int, int]]
                 ) -> Dict[str, Any]:
-    """TensorProtos for predict_raw: `inputs` gives each feature's (dtype, rank).
+    """TensorProtos for predict_raw: `inputs` gives each feature's (DataType, rank).
 
-    The same JSON rules as example_from_json: a missing or null feature takes
-    the default ("" or 0), which is also how lists are padded to one length;
-    int and float convert to the feature's numeric dtype (3.0 for an int64
-    is 3; 3.5 is an error naming the feature).
+    Values convert to each input's dtype as everywhere (base/examples.py:
+    3.0 for an int64 is 3; 3.5 is an error naming the feature); a missing or
+    null feature takes the default ("" or 0), which is also how lists are
+    padded to one length.
     """
     tensors = {}
-    for name, (dtype, rank) in sorted(inputs.items()):
-        if dtype not in _RAW_DEFAULTS:
-            raise ValueError(f"predict_raw input '{name}' has unsupported dtype {dtype}")
-        default = _RAW_DEFAULTS[dtype]
+    for name, (dtype_enum, rank) in sorted(inputs.items()):
+        dtype = _DTYPE_NAMES.get(dtype_enum)
+        if dtype is None:
+            raise ValueError(f"predict_raw input '{name}' has unsupported dtype {dtype_enum}")
+        where = f"feature '{name}'"
+        default = examples_lib.convert(contract.DTYPE_DEFAULTS[dtype], dtype, where)
         rows = []
         for candidate in candidates:
             value = candidate.get(name)
             values = [] if value is None else value if isinstance(value, list) else [value]
-            converted = [_raw_value(name, v, dtype) for v in values]
+            converted = examples_lib.convert_all(values, dtype, where)
             if rank == 1 and len(converted) > 1:
-                raise ValueError(f"feature '{name}' is a scalar but has {len(converted)} values")
+                raise ValueError(f"{where} is a scalar but has {len(converted)} values")
             rows.append(converted)
+        tf_dtype = signatures.TF_DTYPES[dtype]
         if rank == 1:
             array = np.array([row[0] if row else default for row in rows],
-                             dtype=_RAW_NUMPY[dtype])
+                             dtype=tf_dtype.as_numpy_dtype)
         else:
             width = max((len(row) for row in rows), default=0)
             array = np.array([row + [default] * (width - len(row)) for row in rows],
-                             dtype=_RAW_NUMPY[dtype]).reshape(len(rows), width)
-        tensors[name] = tf.make_tensor_proto(
-            array, dtype={types_pb2.DT_STRING: tf.string, types_pb2.DT_INT64: tf.int64,
-                          types_pb2.DT_FLOAT: tf.float32}[dtype])
+                             dtype=tf_dtype.as_numpy_dtype).reshape(len(rows), width)
+        tensors[name] = tf.make_tensor_proto(array, dtype=tf_dtype)
     return tensors
 
 
@@ -170,7 +119,7 @@ class ModelMetadata:
     @property
     def tasks(self) -> Tuple[str, ...]:
         """The outputs of serving_default other than the fused score."""
-        outputs = set(self.signature_defs[model_store.SERVING_SIGNATURE].outputs)
+        outputs = set(self.signature_defs[contract.SERVING_DEFAULT].outputs)
         fused = (signatures.FUSED_SCORE_OUTPUT if signatures.FUSED_SCORE_OUTPUT in outputs
                  else signatures.SCORE_OUTPUT)
         return tuple(sorted(outputs - {fused}))
@@ -193,13 +142,13 @@ class RankingClient:
     """
 
     def __init__(self, target: str, model_name: str = "mtrank", timeout_s: float = 10.0,
-                 signature: str = model_store.SERVING_SIGNATURE, retries: int = 3,
+                 signature: str = contract.SERVING_DEFAULT, retries: int = 3,
                  backoff_s: float = 0.05, root_certificates: Optional[bytes] = None,
                  version: Optional[int] = None, version_label: Optional[str] = None,
                  seed: Optional[int] = None):
-        if signature not in (model_store.SERVING_SIGNATURE, signatures.PREDICT_RAW):
-            raise ValueError(f"signature must be {model_store.SERVING_SIGNATURE} or "
-                             f"{signatures.PREDICT_RAW}, got {signature!r}")
+        if signature not in (contract.SERVING_DEFAULT, contract.PREDICT_RAW):
+            raise ValueError(f"signature must be {contract.SERVING_DEFAULT} or "
+                             f"{contract.PREDICT_RAW}, got {signature!r}")
         if retries < 0 or backoff_s < 0 or timeout_s <= 0:
             raise ValueError("retries and backoff_s must be >= 0, timeout_s > 0")
         self.target = target
@@ -213,9 +162,10 @@ class RankingClient:
         self._random = random.Random(seed)
         if root_certificates is not None:
             self._channel = grpc.secure_channel(
-                target, grpc.ssl_channel_credentials(root_certificates), options=GRPC_OPTIONS)
+                target, grpc.ssl_channel_credentials(root_certificates),
+                options=contract.GRPC_OPTIONS)
         else:
-            self._channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
+            self._channel = grpc.insecure_channel(target, options=contract.GRPC_OPTIONS)
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._raw_inputs: Optional[Mapping[str, Tuple[int, int]]] = None
@@ -273,14 +223,11 @@ class RankingClient:
             self._model_spec(request.model_spec)
             request.model_spec.signature_name = self.signature
             chunk = candidates[start:start + batch_size]
-            if self.signature == signatures.PREDICT_RAW:
+            if self.signature == contract.PREDICT_RAW:
                 for name, tensor in self._raw_tensors(chunk, deadline).items():
                     request.inputs[name].CopyFrom(tensor)
             else:
-                serialized = [(e if isinstance(e, tf.train.Example) else example_from_json(e)
-                               ).SerializeToString() for e in chunk]
-                request.inputs[model_store.EXAMPLES_INPUT].CopyFrom(
-                    tf.make_tensor_proto(serialized, dtype=tf.string))
+                request.inputs[contract.EXAMPLES_INPUT].CopyFrom(examples_tensor(chunk))
             response = self._call(self._predictions.Predict, request, deadline)
             for task, tensor in response.outputs.items():
                 parts.setdefault(task, []).append(tf.make_ndarray(tensor))
@@ -297,9 +244,9 @@ class RankingClient:
 
     def _raw_tensors(self, chunk: Sequence[Features], deadline: float) -> Dict[str, Any]:
         if self._raw_inputs is None:
-            signature = self.metadata(deadline).signature_defs.get(signatures.PREDICT_RAW)
+            signature = self.metadata(deadline).signature_defs.get(contract.PREDICT_RAW)
             if signature is None:
-                raise ValueError(f"model {self.model_name} has no {signatures.PREDICT_RAW} "
+                raise ValueError(f"model {self.model_name} has no {contract.PREDICT_RAW} "
                                  "signature")
             self._raw_inputs = {name: (info.dtype, len(info.tensor_shape.dim))
                                 for name, info in signature.inputs.items()}
@@ -309,11 +256,11 @@ class RankingClient:
         """The served version and its signatures."""
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         self._model_spec(request.model_spec)
-        request.metadata_field.append(SIGNATURE_DEF_FIELD)
+        request.metadata_field.append(contract.SIGNATURE_DEF_FIELD)
         response = self._call(self._predictions.GetModelMetadata, request,
                               deadline or time.monotonic() + self.timeout_s)
         signature_def_map = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_def_map)
+        response.metadata[contract.SIGNATURE_DEF_FIELD].Unpack(signature_def_map)
         return ModelMetadata(response.model_spec.name, response.model_spec.version.value,
                              dict(signature_def_map.signature_def))
 

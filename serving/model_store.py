@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import threading
 import warnings
@@ -25,16 +24,9 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import input_pb2
 
-SERVING_SIGNATURE = "serving_default"
-EXAMPLES_INPUT = "examples"
-# Inputs that carry serialized tf.Examples: serving_default / transform_features
-# name it `examples`, TF Serving's classify and regress `inputs`.
-EXAMPLE_INPUTS = frozenset({EXAMPLES_INPUT, "inputs"})
-SPEC_PATH = os.path.join("assets.extra", "mtrank_serving_spec.json")
-
-DTYPES = ("string", "int64", "float")
-SHAPES = ("scalar", "list")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+from mtrank.base import examples as examples_lib
+from mtrank.base import serving_contract as contract
+from mtrank.serving import signatures
 
 
 # The C++ protobuf parser warns when it stops early; the callers check for that
@@ -87,10 +79,12 @@ class ServingSpec:
         for name, feature in raw_features.items():
             if not isinstance(feature, dict):
                 raise ValueError(f"serving spec: features.{name} must be an object")
-            if feature.get("dtype") not in DTYPES:
-                raise ValueError(f"serving spec: features.{name}.dtype must be one of {DTYPES}")
-            if feature.get("shape") not in SHAPES:
-                raise ValueError(f"serving spec: features.{name}.shape must be one of {SHAPES}")
+            if feature.get("dtype") not in contract.DTYPES:
+                raise ValueError(
+                    f"serving spec: features.{name}.dtype must be one of {contract.DTYPES}")
+            if feature.get("shape") not in contract.SHAPES:
+                raise ValueError(
+                    f"serving spec: features.{name}.shape must be one of {contract.SHAPES}")
             features[name] = FeatureSpec(feature["dtype"], feature["shape"])
         return cls(model_name, tuple(tasks), features)
 
@@ -98,8 +92,9 @@ class ServingSpec:
         """Re-serializes a client's Example with exactly the features the model parses.
 
         Clients build Examples from JSON, where 3 and 3.0 are easily confused,
-        so numbers are converted to the declared dtype: integers become floats,
-        and integral floats become integers. Anything else that does not fit
+        so values are converted to the declared dtype by the rules ingestion
+        and the client use (base/examples.py): integers become floats, and
+        integral floats become integers. Anything else that does not fit
         raises ExampleError naming the feature. Features the model does not
         read are dropped; a scalar without values is dropped too, so the
         model's default applies as it does for a missing one. The Example is
@@ -130,17 +125,11 @@ class ServingSpec:
                 raise ExampleError(
                     f"feature '{name}' is a scalar but has {len(values)} values"
                 )
-            target = conformed.features.feature[name]
-            if spec.dtype == "string":
-                if kind != "bytes_list":
-                    raise ExampleError(f"feature '{name}' must be a string, got {kind}")
-                target.bytes_list.value.extend(values)
-            elif kind == "bytes_list":
-                raise ExampleError(f"feature '{name}' must be {spec.dtype}, got a string")
-            elif spec.dtype == "float":
-                target.float_list.value.extend(float(v) for v in values)
-            else:
-                target.int64_list.value.extend(_to_int64(name, v) for v in values)
+            try:
+                converted = examples_lib.convert_all(values, spec.dtype, f"feature '{name}'")
+            except ValueError as e:
+                raise ExampleError(str(e)) from None
+            examples_lib.set_feature(conformed.features.feature, name, spec.dtype, converted)
         return conformed.SerializeToString()
 
 
@@ -165,7 +154,7 @@ def examples_fit(serialized: tf.Tensor, spec: ServingSpec) -> tf.Tensor:
     values. Features the model does not read stay in the bytes; the model
     ignores them as conform would drop them.
     """
-    parse_spec = {name: tf.io.VarLenFeature(_TF_DTYPES[feature.dtype])
+    parse_spec = {name: tf.io.VarLenFeature(signatures.TF_DTYPES[feature.dtype])
                   for name, feature in spec.features.items()}
     scalars = [name for name, feature in spec.features.items() if feature.shape == "scalar"]
     parsed = tf.io.parse_example(serialized, parse_spec)
@@ -176,7 +165,6 @@ def examples_fit(serialized: tf.Tensor, spec: ServingSpec) -> tf.Tensor:
     return tf.reduce_all(tf.stack(single)) if single else tf.constant(True)
 
 
-_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
 _EXAMPLE_LIST_TAG = b"\x0a"  # ExampleList.examples: field 1, length-delimited
 
 
@@ -189,14 +177,6 @@ def _varint(value: int) -> bytes:
         else:
             out.append(low)
             return bytes(out)
-
-
-def _to_int64(name: str, value) -> int:
-    if isinstance(value, int):
-        return value
-    if not (math.isfinite(value) and value.is_integer() and INT64_MIN <= value <= INT64_MAX):
-        raise ExampleError(f"feature '{name}' must be int64, got {value!r}")
-    return int(value)
 
 
 def list_versions(model_base: str) -> Tuple[int, ...]:
@@ -251,7 +231,7 @@ class SessionSignatures:
         with self._graph.as_default():
             for key, signature_def in self.signature_defs.items():
                 for name, info in signature_def.inputs.items():
-                    if name in EXAMPLE_INPUTS and info.dtype == tf.string.as_datatype_enum:
+                    if name in contract.EXAMPLE_INPUTS and info.dtype == tf.string.as_datatype_enum:
                         examples = self._graph.get_tensor_by_name(info.name)
                         self._checks[key] = examples_fit(examples, spec).name
         self._callables: Dict[tuple, Callable[..., list]] = {}
@@ -319,7 +299,7 @@ class LoadedModel:
 
 
 def read_serving_spec(saved_model_dir: str) -> ServingSpec:
-    with open(os.path.join(saved_model_dir, SPEC_PATH), encoding="utf-8") as f:
+    with open(os.path.join(saved_model_dir, contract.SERVING_SPEC_PATH), encoding="utf-8") as f:
         return ServingSpec.from_json(json.load(f))
 
 
@@ -329,15 +309,14 @@ def load_version(name: str, model_base: str, version: int,
     it is not a complete mtrank SavedModel."""
     path = os.path.join(model_base, str(version))
     spec = read_serving_spec(path)
-    signatures = SessionSignatures(path, config or session_config(), spec)
-    serving = signatures.signature_defs.get(SERVING_SIGNATURE)
-    if serving is None or EXAMPLES_INPUT not in serving.inputs:
-        signatures.close()
-        raise ValueError(
-            f"{path}: signature '{SERVING_SIGNATURE}' with input '{EXAMPLES_INPUT}' is required"
-        )
+    session_signatures = SessionSignatures(path, config or session_config(), spec)
+    serving = session_signatures.signature_defs.get(contract.SERVING_DEFAULT)
+    if serving is None or contract.EXAMPLES_INPUT not in serving.inputs:
+        session_signatures.close()
+        raise ValueError(f"{path}: signature '{contract.SERVING_DEFAULT}' with input "
+                         f"'{contract.EXAMPLES_INPUT}' is required")
     return LoadedModel(name=name, version=version, path=path, spec=spec,
-                       signatures=signatures)
+                       signatures=session_signatures)
 
 
 def version_fingerprint(version_dir: str) -> Tuple[Tuple[str, int, int], ...]:

@@ -44,6 +44,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from mtrank.base import serving_contract as contract
 from mtrank.serving import batching, metrics as metrics_lib, model_manager, model_store, server_config
 from mtrank.serving import signatures, tensors
 from mtrank.serving.errors import RequestError, invalid
@@ -60,14 +61,6 @@ DEFAULT_POLL_S = 1.0
 # thread (1 or 2 inter-op), 1.24-1.42 ms and 3.0-3.3 ms with TensorFlow's
 # default (all cores for both).
 DEFAULT_INTRA_OP_THREADS = 1
-SIGNATURE_DEF_FIELD = "signature_def"
-# A batch of serialized Examples easily exceeds gRPC's 4 MiB default, and TF
-# Serving accepts far larger requests, so both ends raise the limit.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-GRPC_OPTIONS = (
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-)
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 _UNKNOWN_LABEL = "<unknown>"
@@ -99,7 +92,7 @@ class ServerOptions:
     port: int = DEFAULT_PORT
     max_workers: int = DEFAULT_MAX_WORKERS
     poll_interval_s: float = DEFAULT_POLL_S
-    max_request_bytes: int = MAX_MESSAGE_BYTES
+    max_request_bytes: int = contract.MAX_MESSAGE_BYTES
     max_values_per_input: int = 10_000_000
     max_concurrent_rpcs: int = 1024
     batching: Optional[server_config.BatchingParameters] = None
@@ -174,7 +167,7 @@ def _conform_example_inputs(inputs, spec: model_store.ServingSpec):
     merged batch the name's index is the batch's: the batcher then runs each
     request alone, so that the client is told its own index."""
     names = [name for name, array in inputs.items()
-             if name in model_store.EXAMPLE_INPUTS and array.dtype == object]
+             if name in contract.EXAMPLE_INPUTS and array.dtype == object]
     if not names:
         return None
     conformed = dict(inputs)
@@ -254,7 +247,7 @@ class ModelServer:
                 deadline: Optional[float] = None, loaded=None) -> predict_pb2.PredictResponse:
         """Any signature, on named input tensors; `output_filter` selects outputs."""
         loaded = loaded or self.manager.resolve(request.model_spec)
-        name = request.model_spec.signature_name or signatures.SERVING_DEFAULT
+        name = request.model_spec.signature_name or contract.SERVING_DEFAULT
         signature = self._signature(loaded, name, None)
         wanted = list(request.output_filter) or sorted(signature.outputs)
         unknown = sorted(set(wanted) - set(signature.outputs))
@@ -271,7 +264,7 @@ class ModelServer:
         return response
 
     def _examples_signature(self, loaded, request, method: str):
-        name = request.model_spec.signature_name or signatures.SERVING_DEFAULT
+        name = request.model_spec.signature_name or contract.SERVING_DEFAULT
         signature = self._signature(loaded, name, method)
         (input_key,) = signature.inputs
         examples = _examples_from_input(request.input)
@@ -287,14 +280,14 @@ class ModelServer:
         scored by its probability."""
         loaded = loaded or self.manager.resolve(request.model_spec)
         name, signature, inputs, size = self._examples_signature(
-            loaded, request, signatures.CLASSIFY_METHOD)
+            loaded, request, contract.CLASSIFY_METHOD)
         keys = sorted(k for k in signature.outputs
-                      if k in (signatures.CLASSIFY_CLASSES, signatures.CLASSIFY_SCORES))
+                      if k in (contract.CLASSIFY_CLASSES, contract.CLASSIFY_SCORES))
         outputs = self._execute(loaded, name, inputs, size, keys, deadline)
         response = classification_pb2.ClassificationResponse()
         self._echo(response.model_spec, loaded, name)
-        classes = outputs.get(signatures.CLASSIFY_CLASSES)
-        scores = outputs.get(signatures.CLASSIFY_SCORES)
+        classes = outputs.get(contract.CLASSIFY_CLASSES)
+        scores = outputs.get(contract.CLASSIFY_SCORES)
         for i in range(size):
             row = response.result.classifications.add()
             width = (classes if classes is not None else scores).shape[1]
@@ -311,7 +304,7 @@ class ModelServer:
         """A regression signature (mtrank's `regress`: the fused score)."""
         loaded = loaded or self.manager.resolve(request.model_spec)
         name, signature, inputs, size = self._examples_signature(
-            loaded, request, signatures.REGRESS_METHOD)
+            loaded, request, contract.REGRESS_METHOD)
         (output_key,) = signature.outputs
         outputs = self._execute(loaded, name, inputs, size, [output_key], deadline)
         response = regression_pb2.RegressionResponse()
@@ -338,19 +331,19 @@ class ModelServer:
             if spec.signature_name in seen:
                 raise invalid(f"tasks[{i}]: signature '{spec.signature_name}' is used twice")
             seen.add(spec.signature_name)
-            if task.method_name == signatures.CLASSIFY_METHOD:
+            if task.method_name == contract.CLASSIFY_METHOD:
                 sub = classification_pb2.ClassificationRequest(model_spec=spec, input=request.input)
                 result = response.results.add()
                 answer = self.classify(sub, deadline, loaded)
                 result.classification_result.CopyFrom(answer.result)
-            elif task.method_name == signatures.REGRESS_METHOD:
+            elif task.method_name == contract.REGRESS_METHOD:
                 sub = regression_pb2.RegressionRequest(model_spec=spec, input=request.input)
                 result = response.results.add()
                 answer = self.regress(sub, deadline, loaded)
                 result.regression_result.CopyFrom(answer.result)
             else:
-                raise invalid(f"tasks[{i}].method_name: must be {signatures.CLASSIFY_METHOD} or "
-                              f"{signatures.REGRESS_METHOD}, got {task.method_name!r}")
+                raise invalid(f"tasks[{i}].method_name: must be {contract.CLASSIFY_METHOD} or "
+                              f"{contract.REGRESS_METHOD}, got {task.method_name!r}")
             result.model_spec.CopyFrom(answer.model_spec)
         return response
 
@@ -359,15 +352,15 @@ class ModelServer:
         """The version's SignatureDefMap, packed as TF Serving packs it."""
         loaded = self.manager.resolve(request.model_spec)
         fields = set(request.metadata_field)
-        if fields != {SIGNATURE_DEF_FIELD}:
-            raise invalid(f"metadata_field must be ['{SIGNATURE_DEF_FIELD}'], "
+        if fields != {contract.SIGNATURE_DEF_FIELD}:
+            raise invalid(f"metadata_field must be ['{contract.SIGNATURE_DEF_FIELD}'], "
                           f"got {sorted(fields)}")
         signature_def_map = get_model_metadata_pb2.SignatureDefMap()
         for key, signature_def in loaded.signature_defs.items():
             signature_def_map.signature_def[key].CopyFrom(signature_def)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         self._echo(response.model_spec, loaded, "")
-        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map)
+        response.metadata[contract.SIGNATURE_DEF_FIELD].Pack(signature_def_map)
         return response
 
     # ModelService.
@@ -429,9 +422,9 @@ _MODEL_METHODS = {
 
 
 _SIGNATURE_METHODS = frozenset({"Predict", "Classify", "Regress", "MultiInference"})
-_KNOWN_SIGNATURES = frozenset({signatures.SERVING_DEFAULT, signatures.PREDICT_RAW,
-                               signatures.REGRESS, signatures.CLASSIFY,
-                               signatures.TRANSFORM_FEATURES})
+_KNOWN_SIGNATURES = frozenset({contract.SERVING_DEFAULT, contract.PREDICT_RAW,
+                               contract.REGRESS, contract.CLASSIFY,
+                               contract.TRANSFORM_FEATURES})
 
 
 def _labels(model_server: ModelServer, method_name: str, request) -> Tuple[str, str]:
@@ -444,7 +437,7 @@ def _labels(model_server: ModelServer, method_name: str, request) -> Tuple[str, 
         return "", ""
     signature = ""
     if method_name in _SIGNATURE_METHODS:
-        signature = spec.signature_name or signatures.SERVING_DEFAULT
+        signature = spec.signature_name or contract.SERVING_DEFAULT
         if signature not in _KNOWN_SIGNATURES:
             signature = _UNKNOWN_LABEL
     return model_server.served_model_label(spec.name), signature
@@ -540,7 +533,7 @@ def start(config: model_server_config_pb2.ModelServerConfig,
             handlers=_generic_handlers(model_server),
             options=(
                 ("grpc.max_receive_message_length", 2 * options.max_request_bytes),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", contract.MAX_MESSAGE_BYTES),
                 # gRPC sets SO_REUSEPORT by default, so a second server on a
                 # busy port would bind silently and share its traffic.
                 ("grpc.so_reuseport", 0),

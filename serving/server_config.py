@@ -16,7 +16,7 @@ text format (and every error about it) the same as TF Serving's.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, List, Sequence, Set
+from typing import Iterable, List, Set
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf import wrappers_pb2
@@ -186,7 +186,3 @@ def select_versions(policy, available: Iterable[int]) -> Set[int]:
         return set(ordered) & set(policy.specific.versions)
     count = policy.latest.num_versions if kind == "latest" else 1
     return set(ordered[-max(count, 1):]) if ordered else set()
-
-
-def model_names(config: model_server_config_pb2.ModelServerConfig) -> Sequence[str]:
-    return [model.name for model in config.model_config_list.config]

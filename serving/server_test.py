@@ -33,6 +33,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from mtrank.base import serving_contract
 from mtrank.serving import model_store, server as server_lib, server_config
 from mtrank_testing import serving_util as testing_util
 
@@ -74,7 +75,7 @@ def prediction_stub(channel):
 def in_process_scores(model_base, version, serialized):
     """What the version's serving_default returns when called directly."""
     signature = tf.saved_model.load(os.path.join(model_base, str(version))).signatures[
-        model_store.SERVING_SIGNATURE]
+        serving_contract.SERVING_DEFAULT]
     outputs = signature(examples=tf.constant(serialized, dtype=tf.string))
     return {task: tensor.numpy() for task, tensor in outputs.items()}
 
@@ -916,7 +917,7 @@ def test_sigterm_drains_the_request_in_flight(model_base, tmp_path):
                              "batch_timeout_micros { value: 1500000 }\n")
     port, metrics_port = _free_port(), _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve", "--model-base", model_base,
+        [sys.executable, "-m", "mtrank.cli", "serve", "--model-base", model_base,
          "--port", str(port), "--enable-batching", "--batching-parameters-file",
          str(batching_file), "--metrics-port", str(metrics_port)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

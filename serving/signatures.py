@@ -19,7 +19,8 @@ Beside the SavedModel, `assets.extra/` holds `mtrank_serving_spec.json` (the
 tasks, every feature's dtype and shape, the score formula: a server uses it to
 convert int64 sent for a float feature, or the reverse) and
 `tf_serving_warmup_requests`, the PredictionLog records TF Serving (and our
-server) replay before a version takes traffic.
+server) replay before a version takes traffic. These names, and the dtype
+names, are the serving contract's (base/serving_contract.py).
 """
 from __future__ import annotations
 
@@ -39,29 +40,14 @@ from tensorflow_serving.apis import (
 )
 
 from mtrank.base import config as config_lib
+from mtrank.base import examples as examples_lib
+from mtrank.base import serving_contract as contract
 
-SERVING_SPEC_FILE = "mtrank_serving_spec.json"
-WARMUP_FILE = "tf_serving_warmup_requests"
-EXTRA_DIR = "assets.extra"
-
-SERVING_DEFAULT = "serving_default"
-PREDICT_RAW = "predict_raw"
-REGRESS = "regress"
-CLASSIFY = "classify"
-TRANSFORM_FEATURES = "transform_features"
-EXAMPLES_INPUT = "examples"
-# TF Serving's Classify and Regress fix these names (tensorflow/serving signature_constants).
-TF_SERVING_INPUTS = "inputs"
-REGRESS_OUTPUTS = "outputs"
-CLASSIFY_SCORES = "scores"
-CLASSIFY_CLASSES = "classes"
-REGRESS_METHOD = "tensorflow/serving/regress"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
 SCORE_OUTPUT = config_lib.SCORE_OUTPUT
 FUSED_SCORE_OUTPUT = config_lib.FUSED_SCORE_OUTPUT
 
-_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
-_DEFAULTS = {"string": "", "int64": 0, "float": 0.0}
+# The TensorFlow dtype of each of the serving contract's dtype names.
+TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
 # Warmup example values: every feature set, so every lookup table and op runs.
 _WARMUP_VALUES = {"string": "warmup", "int64": 1, "float": 1.0}
 _PROBABILITY_FLOOR = 1e-7  # keeps a weighted product of probabilities finite
@@ -77,7 +63,7 @@ class RawFeature:
 
     @property
     def default(self):
-        return _DEFAULTS[self.dtype]
+        return contract.DTYPE_DEFAULTS[self.dtype]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +142,7 @@ def build_signatures(transform: Callable, predict: Callable, features: Sequence[
     yields) to model inputs; `predict` maps those to the model's dict of
     outputs. `probability_outputs` are the classes of `classify`.
     """
-    parse_spec = {f.name: tf.io.VarLenFeature(_TF_DTYPES[f.dtype]) for f in features}
+    parse_spec = {f.name: tf.io.VarLenFeature(TF_DTYPES[f.dtype]) for f in features}
 
     def scored(parsed):
         outputs = dict(predict(transform(parsed)))
@@ -170,10 +156,10 @@ def build_signatures(transform: Callable, predict: Callable, features: Sequence[
     def scored_examples(serialized):
         return scored(tf.io.parse_example(serialized, parse_spec))
 
-    examples_spec = tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)
-    inputs_spec = tf.TensorSpec([None], tf.string, name=TF_SERVING_INPUTS)
+    examples_spec = tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)
+    inputs_spec = tf.TensorSpec([None], tf.string, name=contract.TF_SERVING_INPUTS)
     raw_specs = {
-        f.name: tf.TensorSpec([None] if f.is_scalar else [None, None], _TF_DTYPES[f.dtype],
+        f.name: tf.TensorSpec([None] if f.is_scalar else [None, None], TF_DTYPES[f.dtype],
                               name=f.name)
         for f in features}
 
@@ -187,7 +173,7 @@ def build_signatures(transform: Callable, predict: Callable, features: Sequence[
 
     @tf.function(input_signature=[inputs_spec])
     def regress(inputs):
-        return {REGRESS_OUTPUTS: scored_examples(inputs)[formula.output]}
+        return {contract.REGRESS_OUTPUTS: scored_examples(inputs)[formula.output]}
 
     @tf.function(input_signature=[inputs_spec])
     def classify(inputs):
@@ -195,20 +181,20 @@ def build_signatures(transform: Callable, predict: Callable, features: Sequence[
         scores = tf.stack([tf.cast(outputs[name], tf.float32) for name in probability_outputs],
                           axis=1)
         classes = tf.tile(tf.constant([list(probability_outputs)]), [tf.shape(scores)[0], 1])
-        return {CLASSIFY_SCORES: scores, CLASSIFY_CLASSES: classes}
+        return {contract.CLASSIFY_SCORES: scores, contract.CLASSIFY_CLASSES: classes}
 
     @tf.function(input_signature=[examples_spec])
     def transform_features(examples):
         return transform(tf.io.parse_example(examples, parse_spec))
 
     signatures = {
-        SERVING_DEFAULT: serve.get_concrete_function(),
-        PREDICT_RAW: predict_raw.get_concrete_function(),
-        REGRESS: regress.get_concrete_function(),
-        TRANSFORM_FEATURES: transform_features.get_concrete_function(),
+        contract.SERVING_DEFAULT: serve.get_concrete_function(),
+        contract.PREDICT_RAW: predict_raw.get_concrete_function(),
+        contract.REGRESS: regress.get_concrete_function(),
+        contract.TRANSFORM_FEATURES: transform_features.get_concrete_function(),
     }
     if probability_outputs:
-        signatures[CLASSIFY] = classify.get_concrete_function()
+        signatures[contract.CLASSIFY] = classify.get_concrete_function()
     return signatures
 
 
@@ -241,7 +227,8 @@ def _set_method_names(export_dir: str) -> None:
     with tf.io.gfile.GFile(path, "rb") as f:
         saved_model = saved_model_pb2.SavedModel.FromString(f.read())
     for meta_graph in saved_model.meta_graphs:
-        for key, method in ((REGRESS, REGRESS_METHOD), (CLASSIFY, CLASSIFY_METHOD)):
+        for key, method in ((contract.REGRESS, contract.REGRESS_METHOD),
+                            (contract.CLASSIFY, contract.CLASSIFY_METHOD)):
             if key in meta_graph.signature_def:
                 meta_graph.signature_def[key].method_name = method
     with tf.io.gfile.GFile(path, "wb") as f:
@@ -254,17 +241,9 @@ def _set_method_names(export_dir: str) -> None:
 
 def warmup_example(spec: Mapping) -> tf.train.Example:
     """An Example setting every feature of a serving spec."""
-    example = tf.train.Example()
-    for name, feature in spec["features"].items():
-        value = _WARMUP_VALUES[feature["dtype"]]
-        target = example.features.feature[name]
-        if feature["dtype"] == "string":
-            target.bytes_list.value.append(value.encode())
-        elif feature["dtype"] == "int64":
-            target.int64_list.value.append(value)
-        else:
-            target.float_list.value.append(value)
-    return example
+    return examples_lib.example_from_json(
+        {name: _WARMUP_VALUES[feature["dtype"]] for name, feature in spec["features"].items()},
+        {name: feature["dtype"] for name, feature in spec["features"].items()})
 
 
 def warmup_logs(spec: Mapping, signature_names: Sequence[str]
@@ -274,31 +253,32 @@ def warmup_logs(spec: Mapping, signature_names: Sequence[str]
     serialized = example.SerializeToString()
     model_name = spec["model_name"]
     logs = []
-    for name in (SERVING_DEFAULT, PREDICT_RAW):
+    for name in (contract.SERVING_DEFAULT, contract.PREDICT_RAW):
         if name not in signature_names:
             continue
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model_name
         request.model_spec.signature_name = name
-        if name == SERVING_DEFAULT:
-            request.inputs[EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto([serialized], tf.string))
+        if name == contract.SERVING_DEFAULT:
+            request.inputs[contract.EXAMPLES_INPUT].CopyFrom(
+                tf.make_tensor_proto([serialized], tf.string))
         else:
             for feature_name, feature in spec["features"].items():
                 value = _WARMUP_VALUES[feature["dtype"]]
                 shaped = [value] if feature["shape"] == "scalar" else [[value]]
                 request.inputs[feature_name].CopyFrom(
-                    tf.make_tensor_proto(shaped, _TF_DTYPES[feature["dtype"]]))
+                    tf.make_tensor_proto(shaped, TF_DTYPES[feature["dtype"]]))
         logs.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)))
-    if REGRESS in signature_names:
+    if contract.REGRESS in signature_names:
         request = regression_pb2.RegressionRequest()
-        request.model_spec.name, request.model_spec.signature_name = model_name, REGRESS
+        request.model_spec.name, request.model_spec.signature_name = model_name, contract.REGRESS
         request.input.example_list.examples.add().CopyFrom(example)
         logs.append(prediction_log_pb2.PredictionLog(
             regress_log=prediction_log_pb2.RegressLog(request=request)))
-    if CLASSIFY in signature_names:
+    if contract.CLASSIFY in signature_names:
         request = classification_pb2.ClassificationRequest()
-        request.model_spec.name, request.model_spec.signature_name = model_name, CLASSIFY
+        request.model_spec.name, request.model_spec.signature_name = model_name, contract.CLASSIFY
         request.input.example_list.examples.add().CopyFrom(example)
         logs.append(prediction_log_pb2.PredictionLog(
             classify_log=prediction_log_pb2.ClassifyLog(request=request)))
@@ -307,15 +287,15 @@ def warmup_logs(spec: Mapping, signature_names: Sequence[str]
 
 def write_assets(export_dir: str, spec: Mapping) -> None:
     """Finishes an export: the serving spec, TF Serving method names, the warmup file."""
-    extra = os.path.join(export_dir, EXTRA_DIR)
+    extra = os.path.join(export_dir, contract.EXTRA_DIR)
     tf.io.gfile.makedirs(extra)
-    with tf.io.gfile.GFile(os.path.join(extra, SERVING_SPEC_FILE), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(extra, contract.SERVING_SPEC_FILE), "w") as f:
         f.write(json.dumps(spec, indent=2, sort_keys=True))
     _set_method_names(export_dir)
     with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
         saved_model = saved_model_pb2.SavedModel.FromString(f.read())
     signature_names = set(saved_model.meta_graphs[0].signature_def)
-    with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
+    with tf.io.TFRecordWriter(os.path.join(extra, contract.WARMUP_FILE)) as writer:
         for log in warmup_logs(spec, sorted(signature_names)):
             writer.write(log.SerializeToString())
 
@@ -327,7 +307,7 @@ def write_serving_assets(export_dir: str, config: config_lib.Config) -> None:
 
 def read_warmup_logs(version_dir: str) -> Tuple[prediction_log_pb2.PredictionLog, ...]:
     """The warmup records of a version, () when it has none."""
-    path = os.path.join(version_dir, EXTRA_DIR, WARMUP_FILE)
+    path = os.path.join(version_dir, contract.EXTRA_DIR, contract.WARMUP_FILE)
     if not tf.io.gfile.exists(path):
         return ()
     return tuple(prediction_log_pb2.PredictionLog.FromString(record.numpy())

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from mtrank.base import serving_contract as contract
 from mtrank.serving import model_store
 from mtrank.serving.errors import invalid
 
@@ -117,7 +118,7 @@ def decode_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef,
         if batch is not None and array.shape[0] != batch:
             raise invalid(f"input '{name}' has batch size {array.shape[0]}, other inputs {batch}")
         batch = array.shape[0]
-        if name in model_store.EXAMPLE_INPUTS and info.dtype == types_pb2.DT_STRING:
+        if name in contract.EXAMPLE_INPUTS and info.dtype == types_pb2.DT_STRING:
             check_examples_parse(name, array, spec)
         arrays[name] = array
     return arrays, batch or 0

@@ -14,6 +14,7 @@ from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from mtrank.base import serving_contract
 from mtrank.serving import server as server_lib, server_config, signatures
 
 DEFAULT_TASKS = ("click", "purchase")
@@ -25,7 +26,6 @@ DEFAULT_FEATURES = {
     "item_tags": {"dtype": "string", "shape": "list"},
 }
 _HASH_BUCKETS = 97
-_DEFAULTS = {"string": "", "int64": 0, "float": 0.0}
 
 
 def _weight(task: str, feature: str) -> float:
@@ -70,7 +70,7 @@ class _TestRanker(tf.Module):
                 counts = tf.SparseTensor(value.indices, ones, value.dense_shape)
                 columns.append(tf.sparse.reduce_sum(counts, axis=1, output_is_sparse=False))
                 continue
-            first = _first_or_default(value, _DEFAULTS[spec["dtype"]])
+            first = _first_or_default(value, serving_contract.DTYPE_DEFAULTS[spec["dtype"]])
             if spec["dtype"] == "string":
                 buckets = tf.strings.to_hash_bucket_fast(first, _HASH_BUCKETS)
                 columns.append(tf.cast(buckets, tf.float32) / _HASH_BUCKETS)

@@ -9,10 +9,11 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import tensorflow as tf
 
+from mtrank.base import layout
 from mtrank.base import config as config_lib
+from mtrank.base import examples
+from mtrank.serving import signatures
 from mtrank.trainer import features as features_lib
-
-_TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
 
 CONFIG_DICT: Dict[str, Any] = {
     "model_name": "mtrank_test",
@@ -62,7 +63,7 @@ def small_config(**overrides) -> config_lib.Config:
 
 def raw_feature_spec(config: config_lib.Config) -> Dict[str, tf.io.VarLenFeature]:
     """As the pipeline's schema (infer_feature_shape=False) yields: all VarLen."""
-    spec = {f.name: tf.io.VarLenFeature(_TF_DTYPES[f.dtype]) for f in config.features}
+    spec = {f.name: tf.io.VarLenFeature(signatures.TF_DTYPES[f.dtype]) for f in config.features}
     for task in config.tasks:
         spec[task.label_key] = tf.io.VarLenFeature(tf.float32)
     return spec
@@ -102,22 +103,13 @@ def raw_instances(config: config_lib.Config) -> List[Dict[str, list]]:
 
 def to_example(instance: Dict[str, Sequence], config: config_lib.Config,
                include_labels: bool = True) -> tf.train.Example:
-    """A tf.Example holding the instance's non-empty values."""
+    """A tf.Example holding the instance's non-empty values, in the config's
+    dtypes (labels are floats)."""
     dtypes = {f.name: f.dtype for f in config.features}
     dtypes.update({t.label_key: "float" for t in config.tasks})
-    feature = {}
-    for name, values in instance.items():
-        if not values or (not include_labels and name in config.label_keys):
-            continue
-        dtype = dtypes.get(name) or ("string" if isinstance(values[0], bytes) else
-                                     "int64" if isinstance(values[0], int) else "float")
-        if dtype == "string":
-            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-        elif dtype == "int64":
-            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-        else:
-            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+    return examples.example_from_json(
+        {name: list(values) for name, values in instance.items()
+         if include_labels or name not in config.label_keys}, dtypes)
 
 
 def run_transform(config: config_lib.Config, instances: List[Dict[str, list]],
@@ -134,7 +126,7 @@ def run_transform(config: config_lib.Config, instances: List[Dict[str, list]],
 
     metadata = dataset_metadata.DatasetMetadata(
         schema_utils.schema_from_feature_spec(raw_feature_spec(config)))
-    custom_config = {"config_json": config.to_json()}
+    custom_config = layout.config_properties(config)
 
     def preprocessing_fn(inputs):
         return preprocessing.preprocessing_fn(inputs, custom_config)
