@@ -107,6 +107,7 @@ def _child_ours(log_glob: str, config_json: str, output: str, beam_args: List[st
     import apache_beam as beam
     from tfx.types import standard_artifacts
 
+    from mtrank.base import counts, layout
     from mtrank.components import log_example_gen
 
     examples = standard_artifacts.Examples()
@@ -123,11 +124,11 @@ def _child_ours(log_glob: str, config_json: str, output: str, beam_args: List[st
     startup_rss_mb = _own_max_rss_mb()
     started = time.perf_counter()
     executor.Do({}, {"examples": [examples], "dead_letters": [dead_letters]},
-                {"input_glob": log_glob, "config_json": config_json})
+                {"input_glob": log_glob, layout.CONFIG_KEY: config_json})
     pipeline_s = time.perf_counter() - started
-    counts = json.loads(examples.get_string_custom_property(log_example_gen.COUNTS_PROPERTY))
-    return {"pipeline_s": pipeline_s, "lines_read": counts["lines_read"],
-            "records_written": counts.get("examples.train", 0) + counts.get("examples.eval", 0),
+    ingest_counts = json.loads(examples.get_string_custom_property(counts.COUNTS_PROPERTY))
+    return {"pipeline_s": pipeline_s, "lines_read": ingest_counts[counts.LINES_READ],
+            "records_written": sum(counts.examples_per_split(ingest_counts).values()),
             "startup_rss_mb": startup_rss_mb}
 
 

@@ -48,21 +48,20 @@ def _fingerprint(input_glob: str, config: config_lib.Config) -> str:
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _latest_outputs(metadata_path: str, node_id: str) -> Dict[str, list]:
+def _latest_outputs(work_dir: str, node_id: str) -> Dict[str, list]:
     """{artifact type name: [artifacts]} of the newest completed execution
     of `node_id`."""
     from ml_metadata.proto import metadata_store_pb2
 
-    from mtrank.reporting import run_summary
+    from mtrank.reporting import metadata
 
-    store = run_summary.open_store(metadata_path)
+    store = metadata.open_store(work_dir)
     executions = sorted(store.get_executions(), key=lambda e: e.id, reverse=True)
     for execution in executions:
         if execution.last_known_state not in (metadata_store_pb2.Execution.COMPLETE,
                                               metadata_store_pb2.Execution.CACHED):
             continue
-        contexts = store.get_contexts_by_execution(execution.id)
-        if not any(c.name.split(".", 1)[-1] == node_id for c in contexts):
+        if metadata.node_id(store, execution.id) != node_id:
             continue
         outputs: Dict[str, list] = {}
         output_ids = [event.artifact_id
@@ -72,7 +71,7 @@ def _latest_outputs(metadata_path: str, node_id: str) -> Dict[str, list]:
             type_name = store.get_artifact_types_by_id([artifact.type_id])[0].name
             outputs.setdefault(type_name, []).append(artifact)
         return outputs
-    raise RuntimeError(f"no completed {node_id} execution in {metadata_path}")
+    raise RuntimeError(f"no completed {node_id} execution in {work_dir}")
 
 
 def transform_once(input_glob: str, work_dir: str, config: config_lib.Config
@@ -94,11 +93,10 @@ def transform_once(input_glob: str, work_dir: str, config: config_lib.Config
     summary = local_runner.run(input_glob, work_dir, config, to_component="Transform")
     if summary.get("error"):
         raise RuntimeError(f"pipeline up to Transform failed: {summary['error']}")
-    metadata_path = os.path.join(work_dir, local_runner.METADATA_FILE)
-    transform = _latest_outputs(metadata_path, "Transform")
+    transform = _latest_outputs(work_dir, "Transform")
     example_gen_id = ("LogExampleGen" if config.input.format == "logs" else
                       tabular_example_gen.COMPONENT_IDS[config.input.format])
-    examples = _latest_outputs(metadata_path, example_gen_id)["Examples"][0]
+    examples = _latest_outputs(work_dir, example_gen_id)["Examples"][0]
     transformed = transform["Examples"][0]
     from tfx.types import artifact_utils
 
@@ -185,8 +183,8 @@ def with_model(config: config_lib.Config, architecture: str,
     raw = config.to_dict()
     # Through ModelConfig, so fields of the old architecture that do not apply
     # to the new one (num_experts for shared_bottom) are dropped.
-    raw["model"] = dataclasses.replace(
-        config.model, architecture=architecture, **model_fields).relevant_fields()
+    raw["model"] = config.model.model_copy(
+        update=dict(architecture=architecture, **model_fields)).relevant_fields()
     if tasks is not None:
         raw["tasks"] = [t for t in raw["tasks"] if t["name"] in tasks]
         if "position_tasks" in raw["model"]:

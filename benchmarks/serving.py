@@ -68,6 +68,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
+from mtrank.base import serving_contract  # noqa: E402
 from mtrank.serving import model_store, server as server_lib  # noqa: E402
 
 BATCHING_FILE = os.path.join(ROOT, "serving", "batching_parameters.txt")
@@ -85,6 +86,7 @@ DEMO_DAYS = 7
 def build_demo_model(work: str) -> str:
     """The model `mtrank demo` pushes, built under `work` unless already
     there; returns its model base directory."""
+    from mtrank.base import layout
     from mtrank.pipeline import config_inference, local_runner
     from mtrank.simulator import logs as simulator
 
@@ -94,7 +96,7 @@ def build_demo_model(work: str) -> str:
     if not glob.glob(log_glob):
         simulator.simulate(logs_dir, impressions=DEMO_IMPRESSIONS, days=DEMO_DAYS, seed=0)
     config = config_inference.infer_config(log_glob)
-    base = local_runner.serving_model_dir(run_dir, config.model_name)
+    base = layout.serving_model_dir(run_dir, config.model_name)
     if os.path.isdir(base) and model_store.list_versions(base):
         return base
     # Beam takes its options from sys.argv unless told otherwise; this
@@ -154,7 +156,7 @@ class ServerProcess:
 
     def __init__(self, model_base: str, model_name: str, batching: bool):
         self.port = _free_port()
-        command = [sys.executable, "-m", "pipeline", "serve", "--model-base", model_base,
+        command = [sys.executable, "-m", "mtrank.cli", "serve", "--model-base", model_base,
                    "--model-name", model_name, "--port", str(self.port)]
         if batching:
             command += ["--enable-batching", "--batching-parameters-file", BATCHING_FILE]
@@ -221,24 +223,24 @@ def summarize(latencies: Sequence[float], wall: float) -> Dict[str, float]:
 
 def in_process_caller(loaded: model_store.LoadedModel, batches: Sequence[np.ndarray]
                       ) -> Callable[[int], None]:
-    outputs = sorted(loaded.signature_defs[model_store.SERVING_SIGNATURE].outputs)
+    outputs = sorted(loaded.signature_defs[serving_contract.SERVING_DEFAULT].outputs)
 
     def call(i):
-        loaded.run(model_store.SERVING_SIGNATURE,
-                   {model_store.EXAMPLES_INPUT: batches[i % len(batches)]}, outputs,
+        loaded.run(serving_contract.SERVING_DEFAULT,
+                   {serving_contract.EXAMPLES_INPUT: batches[i % len(batches)]}, outputs,
                    check_examples=False)
     return call
 
 
 def server_caller(target: str, model_name: str, batches: Sequence[List[bytes]]
                   ) -> Callable[[int], None]:
-    channel = grpc.insecure_channel(target, options=server_lib.GRPC_OPTIONS)
+    channel = grpc.insecure_channel(target, options=serving_contract.GRPC_OPTIONS)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     requests = []
     for batch in batches:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model_name
-        request.inputs[model_store.EXAMPLES_INPUT].CopyFrom(
+        request.inputs[serving_contract.EXAMPLES_INPUT].CopyFrom(
             tf.make_tensor_proto(batch, dtype=tf.string))
         requests.append(request)
 

@@ -67,11 +67,11 @@ def model_config(config: config_lib.Config, name: str) -> config_lib.Config:
 
 def truth_aucs(log_glob: str, outputs: quality.TransformOutputs,
                config: config_lib.Config) -> Dict[str, Dict[str, float]]:
-    from mtrank.reporting import run_summary
     from mtrank.simulator import logs as simulator
+    from mtrank.simulator import truth
 
     truth_file = os.path.join(os.path.dirname(log_glob), simulator.TRUTH_FILE_NAME)
-    by_task = run_summary.truth_auc(truth_file, outputs.examples, config)
+    by_task = truth.truth_auc(truth_file, outputs.examples, config)
     rows: Dict[str, Dict[str, float]] = {TRUTH: {}, TRUTH_NO_POSITION: {}}
     for task, aucs in by_task.items():
         rows[TRUTH][task] = aucs["truth_auc"]

@@ -124,11 +124,6 @@ def check(anomalies_by_split: Dict[str, List[str]],
                                  + "; ".join(named))
 
 
-def check_anomalies(anomalies_artifact) -> None:
-    """Raises DataAnomaliesError naming every anomaly of every split."""
-    check(read_anomalies(anomalies_artifact), {})
-
-
 def _split_statistics(artifact, split: str):
     if artifact is None or split not in artifact_utils.decode_split_names(artifact.split_names):
         return None

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from mtrank.components import labelling, spans
-from mtrank.base import log_contract, log_files
+from mtrank.base import counts, log_contract, log_files
 from mtrank.base import config as config_lib
 
 SPLITS = ("train", "eval")
@@ -29,7 +29,6 @@ SPLITS = ("train", "eval")
 _IMPRESSION, _FEEDBACK = "impression", "feedback"
 _LOOKAHEAD = "lookahead"  # feedback from the partitions after the span's
 _KEYED, _DEAD = "keyed", "dead"
-LINES_READ = "lines_read"
 
 
 def _read_file(metadata) -> Iterator:
@@ -97,12 +96,12 @@ class _ParseLine(_CountingDoFn):
                 self.LAST_TS, GlobalWindows.windowed_value(self._last_ts))
 
     def _dead(self, dead_letter: log_contract.DeadLetter):
-        self._counts[labelling.dead_letter_outcome(dead_letter.reason)] += 1
+        self._counts[counts.dead_letter_outcome(dead_letter.reason)] += 1
         return beam.pvalue.TaggedOutput(_DEAD, dead_letter)
 
     def process(self, record: Union[Tuple[str, bytes], log_contract.DeadLetter]):
-        self._counts[labelling.LOOKAHEAD_PREFIX + LINES_READ if self._lookahead
-                     else LINES_READ] += 1
+        self._counts[counts.LOOKAHEAD_PREFIX + counts.LINES_READ if self._lookahead
+                     else counts.LINES_READ] += 1
         if isinstance(record, log_contract.DeadLetter):
             if not self._lookahead:
                 yield self._dead(record)
@@ -165,13 +164,8 @@ class _JoinAndLabel(_CountingDoFn):
             else:
                 split = labelling.split_of(result.impression_ts, labelling.eval_start_day(
                     last_impression_ts, self._config.split.eval_days))
-            self._counts[split_count_key(split)] += 1
+            self._counts[counts.split_count_key(split)] += 1
             yield beam.pvalue.TaggedOutput(split, result.example_bytes)
-
-
-def split_count_key(split: str) -> str:
-    """Counts key of the number of examples in a split."""
-    return f"examples.{split}"
 
 
 def _counts_to_json(outcome_counts) -> str:
@@ -210,7 +204,7 @@ class ParseLogs(beam.PTransform):
         parsed = lines | "Parse" >> beam.ParDo(_ParseLine(config_json)).with_outputs(
             _KEYED, _DEAD, _CountingDoFn.COUNTS, _ParseLine.LAST_TS)
         keyed = [parsed[_KEYED]]
-        counts = [parsed[_CountingDoFn.COUNTS]]
+        count_streams = [parsed[_CountingDoFn.COUNTS]]
         if self._span_input:
             lookahead = (
                 pipeline
@@ -220,11 +214,11 @@ class ParseLogs(beam.PTransform):
                 | "ParseLookahead" >> beam.ParDo(_ParseLine(config_json, lookahead=True))
                 .with_outputs(_KEYED, _CountingDoFn.COUNTS))
             keyed.append(lookahead[_KEYED])
-            counts.append(lookahead[_CountingDoFn.COUNTS])
+            count_streams.append(lookahead[_CountingDoFn.COUNTS])
         return {
             "keyed": keyed,
             "dead_letters": parsed[_DEAD],
-            "counts": counts | "ParseCounts" >> beam.Flatten(),
+            "counts": count_streams | "ParseCounts" >> beam.Flatten(),
             "last_ts": parsed[_ParseLine.LAST_TS],
         }
 
@@ -278,9 +272,9 @@ class JoinAndSplit(beam.PTransform):
         return result
 
 
-def sum_counts(counts) -> beam.PCollection:
+def sum_counts(outcome_counts) -> beam.PCollection:
     """(outcome, n) pairs -> one JSON object of their sums."""
-    return (counts
+    return (outcome_counts
             | "SumCounts" >> beam.CombinePerKey(sum)
             | "CountsToList" >> beam.combiners.ToList()
             | "CountsToJson" >> beam.Map(_counts_to_json))

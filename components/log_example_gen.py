@@ -35,10 +35,10 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
 from mtrank.components import bucketed_join, ingest, spans
+from mtrank.base import counts, layout
 from mtrank.base import config as config_lib
 
 COUNTS_FILE = "counts.json"
-COUNTS_PROPERTY = "ingest_counts"
 
 
 class DeadLetters(types.Artifact):
@@ -50,7 +50,7 @@ class DeadLetters(types.Artifact):
 class LogExampleGenSpec(types.ComponentSpec):
     PARAMETERS = {
         "input_glob": ExecutionParameter(type=str),
-        "config_json": ExecutionParameter(type=str),
+        layout.CONFIG_KEY: ExecutionParameter(type=str),
         # With daily partitions: the span (days since 1970-01-01) to ingest;
         # -1 for the newest complete one.
         "span": ExecutionParameter(type=int),
@@ -68,7 +68,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]],
            output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        config = config_lib.config_from_json(exec_properties["config_json"])
+        config = layout.config_from_properties(exec_properties)
         examples = artifact_utils.get_single_instance(output_dict["examples"])
         dead_letters = artifact_utils.get_single_instance(output_dict["dead_letters"])
         examples.split_names = artifact_utils.encode_split_names(list(ingest.SPLITS))
@@ -112,10 +112,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             with self._make_beam_pipeline() as pipeline:
                 write_outputs(pipeline | "LogsToExamples" >> ingest.LogsToExamples(
                     input_glob, config, span_input), "all")
-        counts = _merge_counts(os.path.join(dead_letters.uri, "counts-*.json"),
-                               os.path.join(dead_letters.uri, COUNTS_FILE))
+        ingest_counts = _merge_counts(os.path.join(dead_letters.uri, "counts-*.json"),
+                                      os.path.join(dead_letters.uri, COUNTS_FILE))
 
-        empty = [s for s in ingest.SPLITS if not counts.get(ingest.split_count_key(s))]
+        empty = [s for s in ingest.SPLITS if not ingest_counts.get(counts.split_count_key(s))]
         if empty:
             rule = (f"{config.split.eval_percent}% of the span's requests are eval"
                     if span_input else
@@ -124,18 +124,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             raise ValueError(
                 f"split(s) {empty} got no examples from "
                 f"{span_input.own_glob if span_input else input_glob!r}; {rule}. "
-                "Counts: " + json.dumps(counts))
+                "Counts: " + json.dumps(ingest_counts))
         for artifact in (examples, dead_letters):
-            artifact.set_string_custom_property(COUNTS_PROPERTY, json.dumps(counts))
+            artifact.set_string_custom_property(counts.COUNTS_PROPERTY, json.dumps(ingest_counts))
 
 
 def _merge_counts(pattern: str, merged_path: str) -> Dict[str, int]:
     """Sums the counts files of the ingestion's pipelines into one."""
-    counts = collections.Counter()
+    summed = collections.Counter()
     for path in sorted(fileio.glob(pattern)):
-        counts.update(json.loads(io_utils.read_string_file(path)))
+        summed.update(json.loads(io_utils.read_string_file(path)))
         fileio.remove(path)
-    merged = dict(sorted(counts.items()))
+    merged = dict(sorted(summed.items()))
     io_utils.write_string_file(merged_path, json.dumps(merged, sort_keys=True))
     return merged
 
@@ -150,7 +150,7 @@ class LogExampleGen(base_beam_component.BaseBeamComponent):
         spans.check_span_pattern(input_glob)
         super().__init__(spec=LogExampleGenSpec(
             input_glob=input_glob,
-            config_json=config.to_json(),
+            **layout.config_properties(config),
             span=span,
             examples=types.Channel(type=standard_artifacts.Examples),
             dead_letters=types.Channel(type=DeadLetters),

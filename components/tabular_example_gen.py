@@ -37,8 +37,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from mtrank.components import ingest, labelling, tabular
-from mtrank.components.log_example_gen import COUNTS_PROPERTY
+from mtrank.components import tabular
+from mtrank.base import counts
 from mtrank.base import config as config_lib
 
 # The component id of each format's ExampleGen.
@@ -147,7 +147,7 @@ class _WriteCounts(beam.PTransform):
             outcomes
             | "Count" >> beam.combiners.Count.PerElement()
             | "ToList" >> beam.combiners.ToList()
-            | "ToJson" >> beam.Map(lambda counts: json.dumps(dict(sorted(counts))))
+            | "ToJson" >> beam.Map(lambda pairs: json.dumps(dict(sorted(pairs))))
             | "Write" >> beam.io.WriteToText(self._path, shard_name_template=""))
 
 
@@ -188,10 +188,10 @@ class _RowsToExamples(beam.PTransform):
         dead = converted[_DEAD]
         (
             (
-                rows | "RowRead" >> beam.Map(lambda _: ingest.LINES_READ),
-                converted.examples | "ExampleMade" >> beam.Map(lambda _: labelling.EXAMPLE),
+                rows | "RowRead" >> beam.Map(lambda _: counts.LINES_READ),
+                converted.examples | "ExampleMade" >> beam.Map(lambda _: counts.EXAMPLE),
                 dead | "DeadOutcome" >> beam.Map(
-                    lambda d: labelling.dead_letter_outcome(d.reason)),
+                    lambda d: counts.dead_letter_outcome(d.reason)),
             )
             | "Outcomes" >> beam.Flatten()
             | "WriteCounts" >> _WriteCounts(os.path.join(self._counts_dir, "rows.json")))
@@ -248,7 +248,7 @@ class _CountingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     def GenerateExamplesByBeam(self, pipeline, exec_properties):
         splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
         (
-            [examples | f"Count[{name}]" >> beam.Map(lambda _, n=name: ingest.split_count_key(n))
+            [examples | f"Count[{name}]" >> beam.Map(lambda _, n=name: counts.split_count_key(n))
              for name, examples in splits.items()]
             | "SplitOutcomes" >> beam.Flatten()
             | "WriteSplitCounts" >> _WriteCounts(
@@ -267,18 +267,19 @@ class _CountingExecutor(base_example_gen_executor.BaseExampleGenExecutor):
         super().Do(input_dict, output_dict, exec_properties)
         examples.set_string_custom_property(DEAD_LETTERS_PROPERTY, dead_letters_dir)
 
-        counts = {}
+        ingest_counts = {}
         for path in sorted(fileio.glob(os.path.join(counts_dir, "*.json"))):
-            counts.update(json.loads(io_utils.read_string_file(path)))
+            ingest_counts.update(json.loads(io_utils.read_string_file(path)))
         empty = [split for split in artifact_utils.decode_split_names(examples.split_names)
-                 if not counts.get(ingest.split_count_key(split))]
+                 if not ingest_counts.get(counts.split_count_key(split))]
         if empty:
             raise ValueError(
                 f"split(s) {empty} got no examples from "
                 f"{exec_properties[standard_component_specs.INPUT_BASE_KEY]}; "
                 "too few rows for the input.split percentages? Counts: "
-                + json.dumps(counts, sort_keys=True))
-        examples.set_string_custom_property(COUNTS_PROPERTY, json.dumps(counts, sort_keys=True))
+                + json.dumps(ingest_counts, sort_keys=True))
+        examples.set_string_custom_property(counts.COUNTS_PROPERTY,
+                                            json.dumps(ingest_counts, sort_keys=True))
 
 
 class CsvExecutor(_CountingExecutor):

@@ -15,9 +15,8 @@ from typing import List, Optional
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 
-from mtrank.components import spans
-from mtrank.base import config as config_lib
-from mtrank.components import eval_config as eval_config_lib
+from mtrank.base import config as config_lib, layout
+from mtrank.components import eval_config as eval_config_lib, spans
 from mtrank.pipeline import pipeline as pipeline_lib
 
 DEFAULT_IMAGE = "mtrank:0.1.0"
@@ -75,8 +74,8 @@ def compile_pipeline(config: config_lib.Config, output: str, log_glob: str,
         log_glob=log_glob,
         config=config,
         eval_config=eval_config_lib.make_eval_config(config),
-        serving_model_dir=serving_model_dir or os.path.join(
-            pipeline_root, "serving_model", config.model_name),
+        serving_model_dir=serving_model_dir or layout.serving_model_dir(
+            pipeline_root, config.model_name),
         beam_pipeline_args=beam_pipeline_args,
         trainer_resources=trainer_resources(config),
         # The only resolver strategies KubeflowV2DagRunner compiles.

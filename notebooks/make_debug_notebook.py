@@ -27,6 +27,7 @@ CELLS = [
         "import tensorflow as tf\n"
         "from tfx.orchestration.experimental.interactive.interactive_context import "
         "InteractiveContext\n"
+        "from mtrank.base import counts, layout\n"
         "from mtrank.components import eval_config\n"
         "from mtrank.pipeline import config_inference, pipeline\n"
         "from mtrank.reporting import run_summary\n"
@@ -46,7 +47,7 @@ CELLS = [
         "    pipeline_name=config.model_name, pipeline_root=root, log_glob=LOG_GLOB, "
         "config=config,\n"
         "    eval_config=eval_config.make_eval_config(config),\n"
-        "    serving_model_dir=os.path.join(root, 'serving_model', config.model_name),\n"
+        "    serving_model_dir=layout.serving_model_dir(root, config.model_name),\n"
         ").components}\n"
         "list(components)"),
     new_markdown_cell("## Ingestion: examples, dead letters and counts"),
@@ -54,7 +55,7 @@ CELLS = [
         "example_gen = components['LogExampleGen']\n"
         "context.run(example_gen)\n"
         "examples = example_gen.outputs['examples'].get()[0]\n"
-        "pd.Series(json.loads(examples.get_string_custom_property('ingest_counts')))"),
+        "pd.Series(json.loads(examples.get_string_custom_property(counts.COUNTS_PROPERTY)))"),
     new_markdown_cell("## Statistics, schema and anomalies"),
     new_code_cell(
         "for name in ('StatisticsGen', 'SchemaGen', 'ExampleValidator', 'DataValidationGate'):\n"

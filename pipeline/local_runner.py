@@ -1,12 +1,5 @@
 """Runs the pipeline locally: LocalDagRunner, Beam DirectRunner and SQLite
-ML Metadata, all under one work directory.
-
-Layout of the work directory:
-  metadata.sqlite            ML Metadata of every run (a second run reuses it,
-                             so the Evaluator finds the last blessed model)
-  pipeline_root/             TFX artifacts
-  serving_model/<model>/<v>/ pushed SavedModels, TF Serving's layout
-  run_summary.json           the summary of the last run
+ML Metadata, all under one work directory (its layout: base/layout.py).
 """
 from __future__ import annotations
 
@@ -20,20 +13,13 @@ from typing import List, Optional
 
 from absl import logging as absl_logging
 from tfx import v1 as tfx
-from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 
+from mtrank.base import layout
 from mtrank.base import config as config_lib
 from mtrank.components import eval_config as eval_config_lib
 from mtrank.pipeline import pipeline as pipeline_lib
-from mtrank.reporting import run_summary
-
-METADATA_FILE = "metadata.sqlite"
-SUMMARY_FILE = "run_summary.json"
-
-
-def serving_model_dir(work_dir: str, model_name: str) -> str:
-    return os.path.join(work_dir, "serving_model", model_name)
+from mtrank.reporting import metadata, run_summary
 
 
 class _ProgressPrinter(logging.Handler):
@@ -112,22 +98,20 @@ def run(log_glob: str, work_dir: str, config: config_lib.Config,
     """
     work_dir = os.path.abspath(work_dir)
     os.makedirs(work_dir, exist_ok=True)
-    metadata_path = os.path.join(work_dir, METADATA_FILE)
     pipeline = pipeline_lib.create_pipeline(
         pipeline_name=config.model_name,
-        pipeline_root=os.path.join(work_dir, "pipeline_root"),
+        pipeline_root=layout.pipeline_root(work_dir),
         log_glob=os.path.abspath(log_glob) if "://" not in log_glob else log_glob,
         config=config,
         eval_config=eval_config_lib.make_eval_config(config),
-        serving_model_dir=serving_model_dir(work_dir, config.model_name),
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
+        serving_model_dir=layout.serving_model_dir(work_dir, config.model_name),
+        metadata_connection_config=metadata.connection_config(work_dir),
         beam_pipeline_args=beam_pipeline_args or ["--direct_num_workers=1"],
         span=span,
         schema_file=os.path.abspath(schema_file) if schema_file else None,
     )
-    since = 0
-    if os.path.exists(metadata_path):
-        since = run_summary.last_execution_id(run_summary.open_store(metadata_path))
+    since = (metadata.last_execution_id(metadata.open_store(work_dir))
+             if metadata.exists(work_dir) else 0)
 
     run_options = _partial_run(pipeline, from_component, to_component)
     started = time.time()
@@ -137,10 +121,14 @@ def run(log_glob: str, work_dir: str, config: config_lib.Config,
             tfx.orchestration.LocalDagRunner().run(pipeline, run_options=run_options)
         except Exception as e:  # noqa: BLE001 - reported in the summary; the CLI exits 1
             error = f"{type(e).__name__}: {e}"
-    summary = run_summary.collect(metadata_path, since, config, log_glob)
+    summary = run_summary.collect(metadata.open_store(work_dir, create=True), since)
     summary["wall_s"]["total"] = round(time.time() - started, 1)
     summary["error"] = error
     summary["data_anomalies"] = run_summary.data_anomalies(error)
-    with open(os.path.join(work_dir, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+    write_summary(work_dir, summary)
     return summary
+
+
+def write_summary(work_dir: str, summary: dict) -> None:
+    with open(layout.summary_path(work_dir), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)

@@ -12,6 +12,7 @@ from tfx import v1 as tfx
 from mtrank.components import spans, tabular_example_gen
 from mtrank.components.data_gate import DataValidationGate
 from mtrank.components.log_example_gen import LogExampleGen
+from mtrank.base import layout
 from mtrank.base import config as config_lib
 from mtrank.components.resolvers import LatestOrNoneStrategy
 from mtrank.components.sliced_evaluator import SlicedEvaluator
@@ -86,7 +87,7 @@ def create_pipeline(
     import (default: the config's validation.schema; without one SchemaGen
     infers it). `latest_artifact_strategy` resolves the previous run's
     statistics (the Kubeflow compile passes TFX's own strategy)."""
-    custom_config = {"config_json": config.to_json()}
+    custom_config = layout.config_properties(config)
 
     # Labelled examples in splits: train, eval (and, for tabular input, test).
     example_gen = make_example_gen(log_glob, config, span)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import collections
 import datetime
-import os
 from typing import Dict, List
 
 from ml_metadata.proto import metadata_store_pb2
 
-from mtrank.reporting import run_summary
+from mtrank.base import layout
+from mtrank.reporting import metadata
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
@@ -28,10 +28,7 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
 
 def inspect(work_dir: str) -> str:
     """Everything MLMD knows about the runs in `work_dir`, oldest run first."""
-    path = os.path.join(work_dir, "metadata.sqlite")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no ML Metadata at {path}: run `mtrank run` first")
-    store = run_summary.open_store(path)
+    store = metadata.open_store(work_dir)
     context_types = {t.id: t.name for t in store.get_context_types()}
     artifact_types = {t.id: t.name for t in store.get_artifact_types()}
     executions = sorted(store.get_executions(), key=lambda e: e.id)
@@ -49,15 +46,14 @@ def inspect(work_dir: str) -> str:
     events = store.get_events_by_execution_ids([e.id for e in executions])
     inputs, outputs = collections.defaultdict(list), collections.defaultdict(list)
     for event in events:
-        is_output = event.type in (metadata_store_pb2.Event.OUTPUT,
-                                   metadata_store_pb2.Event.DECLARED_OUTPUT)
-        (outputs if is_output else inputs)[event.execution_id].append(event.artifact_id)
+        side = outputs if metadata.is_output(event) else inputs
+        side[event.execution_id].append(event.artifact_id)
     artifacts = {a.id: a for a in store.get_artifacts()}
 
     runs = collections.OrderedDict()
     for execution in executions:
         runs.setdefault(run_of.get(execution.id, "(no run)"), []).append(execution)
-    sections = [f"ML Metadata: {path}",
+    sections = [f"ML Metadata: {layout.metadata_path(work_dir)}",
                 f"{len(runs)} run(s), {len(executions)} execution(s), {len(artifacts)} artifact(s)"]
     for run, run_executions in runs.items():
         rows = []

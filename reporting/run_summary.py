@@ -7,8 +7,6 @@ summary shows what the pipeline did, not what the CLI expected it to do.
 from __future__ import annotations
 
 import collections
-import glob
-import gzip
 import json
 import os
 from typing import Dict, List, Optional
@@ -16,60 +14,12 @@ from typing import Dict, List, Optional
 import ml_metadata as mlmd
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
-from google.protobuf import json_format
 from ml_metadata.proto import metadata_store_pb2
-from sklearn.metrics import roc_auc_score
 
-from mtrank.components import ingest, labelling, spans, tabular_example_gen
-from mtrank.components.log_example_gen import COUNTS_PROPERTY
-from mtrank.base import config as config_lib
+from mtrank.base import counts
+from mtrank.components import tabular_example_gen
 from mtrank.components.sliced_evaluator import SLICE_GATING_FILE
-
-TRUTH_FILE = "truth.jsonl.gz"
-
-
-def open_store(metadata_path: str) -> mlmd.MetadataStore:
-    return mlmd.MetadataStore(metadata_store_pb2.ConnectionConfig(
-        sqlite=metadata_store_pb2.SqliteMetadataSourceConfig(filename_uri=metadata_path)))
-
-
-def last_execution_id(store: mlmd.MetadataStore) -> int:
-    executions = store.get_executions()
-    return max((e.id for e in executions), default=0)
-
-
-def _node_id(store: mlmd.MetadataStore, execution_id: int) -> str:
-    for context in store.get_contexts_by_execution(execution_id):
-        if store.get_context_types_by_id([context.type_id])[0].name == "node":
-            return context.name.split(".", 1)[-1]
-    return str(execution_id)
-
-
-def _custom(artifact, name: str):
-    if name not in artifact.custom_properties:
-        return None
-    value = artifact.custom_properties[name]
-    kind = value.WhichOneof("value")
-    if kind == "struct_value":
-        return json_format.MessageToDict(value.struct_value)
-    return getattr(value, kind)
-
-
-def _outputs_by_node(store: mlmd.MetadataStore, since_execution_id: int):
-    """{node_id: (execution, {artifact type name: [artifacts]})} for the run."""
-    executions = [e for e in store.get_executions() if e.id > since_execution_id]
-    result = {}
-    for execution in sorted(executions, key=lambda e: e.id):
-        events = store.get_events_by_execution_ids([execution.id])
-        output_ids = [ev.artifact_id for ev in events
-                      if ev.type in (metadata_store_pb2.Event.OUTPUT,
-                                     metadata_store_pb2.Event.DECLARED_OUTPUT)]
-        artifacts = collections.defaultdict(list)
-        for artifact in store.get_artifacts_by_id(output_ids):
-            type_name = store.get_artifact_types_by_id([artifact.type_id])[0].name
-            artifacts[type_name].append(artifact)
-        result[_node_id(store, execution.id)] = (execution, artifacts)
-    return result
+from mtrank.reporting import metadata
 
 
 def task_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
@@ -163,73 +113,15 @@ def slice_gating(evaluation_uri: str) -> dict:
         return json.load(f)
 
 
-def _find_truth_file(log_glob: str) -> Optional[str]:
-    for directory in sorted({os.path.dirname(p)
-                             for p in glob.glob(spans.any_span_glob(log_glob))}):
-        for candidate in (directory, os.path.dirname(directory)):
-            path = os.path.join(candidate, TRUTH_FILE)
-            if os.path.exists(path):
-                return path
-    return None
-
-
-def truth_auc(truth_path: str, examples_uri: str, config: config_lib.Config
-              ) -> Dict[str, Dict[str, float]]:
-    """AUC of the simulator's generating probabilities against the labels of
-    the eval split, per binary task: `truth_auc` from p_<feedback> (the
-    ceiling for these labels) and, where the simulator gives it,
-    `truth_auc_no_position` from p_<feedback>_no_position (the ceiling for a
-    position-free model such as the served one)."""
-    truth = {}
-    with gzip.open(truth_path, "rt") as f:
-        for line in f:
-            row = json.loads(line)
-            truth[(row["request_id"], row["item_id"])] = row
-    columns = {}
-    for task in config.tasks:
-        if task.type == "binary":
-            columns[task.name] = {"truth_auc": f"p_{task.feedback}",
-                                  "truth_auc_no_position": f"p_{task.feedback}_no_position"}
-    labels = collections.defaultdict(list)
-    scores = collections.defaultdict(lambda: collections.defaultdict(list))
-    files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*"))
-    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
-        feature = tf.train.Example.FromString(record).features.feature
-        ids = [feature[key].bytes_list.value for key in (config_lib.REQUEST_ID, config_lib.ITEM_ID)
-               if key in feature]
-        if len(ids) < 2 or not all(ids):
-            return {}  # the examples do not identify impressions (no item_id feature)
-        row = truth.get((ids[0][0].decode(), ids[1][0].decode()))
-        if row is None:
-            continue
-        for task in config.tasks:
-            if task.name not in columns or columns[task.name]["truth_auc"] not in row:
-                continue
-            labels[task.name].append(feature[task.label_key].float_list.value[0])
-            for metric, column in columns[task.name].items():
-                if column in row:
-                    scores[task.name][metric].append(row[column])
-    result = {}
-    for task, task_labels in labels.items():
-        if not 0 < sum(task_labels) < len(task_labels):
-            continue
-        result[task] = {metric: round(float(roc_auc_score(task_labels, values)), 5)
-                        for metric, values in scores[task].items()
-                        if len(values) == len(task_labels)}
-    return result
-
-
-def collect(metadata_path: str, since_execution_id: int, config: config_lib.Config,
-            log_glob: str) -> dict:
+def collect(store: mlmd.MetadataStore, since_execution_id: int) -> dict:
     """Builds the run summary of the executions after `since_execution_id`."""
-    store = open_store(metadata_path)
-    nodes = _outputs_by_node(store, since_execution_id)
+    nodes = metadata.outputs_by_node(store, since_execution_id)
     summary = {
         "lines_read": None, "impressions": None, "feedback_merged": None,
         "feedback_late": None, "feedback_unused_type": None, "duplicates": None,
-        "examples": {}, "dead_letters": {}, "tasks": {}, "validation_failures": [],
-        "blessed": False, "pushed_version": None, "wall_s": {}, "reused": [],
-        "slices": {},
+        "examples": {}, "examples_uri": None, "dead_letters": {}, "tasks": {},
+        "validation_failures": [], "blessed": False, "pushed_version": None, "wall_s": {},
+        "reused": [], "slices": {},
     }
     for node_id, (execution, _) in nodes.items():
         # A partial run (--only / --from) reuses upstream outputs: those
@@ -242,32 +134,28 @@ def collect(metadata_path: str, since_execution_id: int, config: config_lib.Conf
 
     examples = _example_gen_output(nodes)
     if examples is not None:
-        counts = json.loads(_custom(examples, COUNTS_PROPERTY) or "{}")
-        summary["lines_read"] = counts.get(ingest.LINES_READ, 0)
-        for outcome in (labelling.EXAMPLE, labelling.FEEDBACK_MERGED, labelling.FEEDBACK_LATE,
-                        labelling.FEEDBACK_UNUSED_TYPE, labelling.DUPLICATES):
-            summary[outcome] = counts.get(outcome, 0)
-        summary["examples"] = {key.split(".", 1)[1]: n for key, n in sorted(counts.items())
-                               if key.startswith(ingest.split_count_key(""))}
-        summary["dead_letters"] = {
-            k[len(labelling.DEAD_LETTER_PREFIX):]: v for k, v in counts.items()
-            if k.startswith(labelling.DEAD_LETTER_PREFIX)}
+        ingest_counts = json.loads(
+            metadata.custom_property(examples, counts.COUNTS_PROPERTY) or "{}")
+        summary["lines_read"] = ingest_counts.get(counts.LINES_READ, 0)
+        for outcome in (counts.EXAMPLE, counts.FEEDBACK_MERGED, counts.FEEDBACK_LATE,
+                        counts.FEEDBACK_UNUSED_TYPE, counts.DUPLICATES):
+            summary[outcome] = ingest_counts.get(outcome, 0)
+        summary["examples"] = counts.examples_per_split(ingest_counts)
+        summary["examples_uri"] = examples.uri
+        summary["dead_letters"] = counts.dead_letters_per_reason(ingest_counts)
 
     evaluation = _first(nodes, "Evaluator", "ModelEvaluation")
     if evaluation is not None:
         summary["tasks"] = task_metrics(evaluation.uri)
         summary["validation_failures"] = validation_failures(evaluation.uri)
         summary["slices"] = slice_gating(evaluation.uri)
-    truth_path = _find_truth_file(log_glob) if config.input.format == "logs" else None
-    if truth_path and examples is not None:
-        for task, aucs in truth_auc(truth_path, examples.uri, config).items():
-            summary["tasks"].setdefault(task, {}).update(aucs)
 
     blessing = _first(nodes, "Evaluator", "ModelBlessing")
-    summary["blessed"] = bool(blessing is not None and _custom(blessing, "blessed") == 1)
+    summary["blessed"] = bool(blessing is not None
+                              and metadata.custom_property(blessing, "blessed") == 1)
     pushed = _first(nodes, "Pusher", "PushedModel")
-    if pushed is not None and _custom(pushed, "pushed") == 1:
-        summary["pushed_version"] = int(_custom(pushed, "pushed_version"))
+    if pushed is not None and metadata.custom_property(pushed, "pushed") == 1:
+        summary["pushed_version"] = int(metadata.custom_property(pushed, "pushed_version"))
     return summary
 
 

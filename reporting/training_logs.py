@@ -9,6 +9,9 @@ import shlex
 import sys
 from typing import List, Tuple
 
+from mtrank.base import layout
+from mtrank.reporting import metadata
+
 MODEL_RUN_TYPE = "ModelRun"
 
 
@@ -16,16 +19,13 @@ def model_run_dirs(work_dir: str, limit: int = 5) -> List[Tuple[str, str]]:
     """[(name, directory)] of the newest `limit` Trainer runs that wrote
     logs, newest first. The name is the run's MLMD artifact id (`run7`), or
     the directory name when found by listing."""
-    metadata_path = os.path.join(work_dir, "metadata.sqlite")
     runs: List[Tuple[str, str]] = []
-    if os.path.exists(metadata_path):
-        from mtrank.reporting import run_summary
-
-        store = run_summary.open_store(metadata_path)
+    if metadata.exists(work_dir):
+        store = metadata.open_store(work_dir)
         artifacts = sorted(store.get_artifacts_by_type(MODEL_RUN_TYPE), key=lambda a: -a.id)
         runs = [(f"run{a.id}", a.uri) for a in artifacts]
     else:
-        pattern = os.path.join(work_dir, "pipeline_root", "Trainer", "model_run", "*")
+        pattern = os.path.join(layout.pipeline_root(work_dir), "Trainer", "model_run", "*")
         runs = [(f"run{os.path.basename(d)}", d)
                 for d in sorted(glob.glob(pattern), key=os.path.getmtime, reverse=True)]
     with_logs = [(name, d) for name, d in runs

@@ -10,6 +10,7 @@ from typing import Any, Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from mtrank.base import layout
 from mtrank.base import config as config_lib
 from mtrank.trainer import features as features_lib
 from mtrank.trainer import position
@@ -118,4 +119,4 @@ def transform_config(config: config_lib.Config, inputs: Dict[str, Any]) -> Dict[
 
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> Dict[str, Any]:
     """TFX Transform entry point; the config arrives as `custom_config`."""
-    return transform_config(config_lib.config_from_json(custom_config["config_json"]), inputs)
+    return transform_config(layout.config_from_properties(custom_config), inputs)

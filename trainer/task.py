@@ -20,6 +20,7 @@ from absl import logging
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
+from mtrank.base import layout
 from mtrank.base import config as config_lib
 from mtrank.base.keras_env import check_legacy_keras
 from mtrank.serving import signatures
@@ -191,7 +192,7 @@ def train_model(fn_args: tfx.components.FnArgs, config: Optional[config_lib.Conf
     """
     check_legacy_keras()
     if config is None:
-        config = config_lib.config_from_json(fn_args.custom_config["config_json"])
+        config = layout.config_from_properties(fn_args.custom_config)
     training = config.training
     tf.keras.utils.set_random_seed(training.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
@@ -248,7 +249,7 @@ def export_model(model: MultiTaskRankingModel, fn_args: tfx.components.FnArgs,
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    config = config_lib.config_from_json(fn_args.custom_config["config_json"])
+    config = layout.config_from_properties(fn_args.custom_config)
     strategy = distribution_strategy()
     model, _ = train_model(fn_args, config, strategy)
     export_model(model, fn_args, config, strategy)
@@ -277,7 +278,7 @@ def fn_args_from_artifacts(transformed_examples: tfx.types.Artifact, transform_g
          standard_component_specs.EVAL_ARGS_KEY: proto_utils.proto_to_json(
             trainer_pb2.EvalArgs(splits=["eval"], num_steps=eval_steps)),
          standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(
-             {"config_json": config.to_json()})})
+             layout.config_properties(config))})
     fn_args.model_run_dir = model_run_dir
     fn_args.serving_model_dir = serving_model_dir
     return fn_args
