@@ -29,11 +29,12 @@ setup(
         "kfp==2.5.0",
         "apache-beam[gcp]",
         "dill",
+        "pydantic>=2,<3",  # the config model (base/config.py)
         "pyyaml",
         "grpcio-health-checking",
         "psutil",
         "matplotlib",  # plots of `mtrank report`
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "import-linter", "jsonschema"]},
     entry_points={"console_scripts": ["mtrank=mtrank.cli.main:main"]},
 )

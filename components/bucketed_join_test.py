@@ -1,88 +1,24 @@
-"""The bucketed join must give exactly what one ingestion pipeline gives."""
-import base64
+"""The bucketed join must give exactly what one ingestion pipeline gives (on
+fuzzed simulated logs: tests/ingest_simulated_logs_test.py)."""
 import datetime
-import glob
-import json
-import os
 
-import apache_beam as beam
 import pytest
 
-from mtrank.components import bucketed_join, ingest, spans
-from mtrank.components.ingest_test import (  # the one-pipeline reference and its logs
-    _conservation_holds, _fuzzed_lines, _run, _write_logs)
-
-
-def _run_bucketed(input_glob, out_dir, max_pass_records, config=None, span_input=None):
-    """Like ingest_test._run, through bucketed_join.run."""
-    from mtrank.components.ingest_test import CONFIG
-
-    def write_outputs(outputs, name):
-        for split in ingest.SPLITS:
-            if split in outputs:
-                (outputs[split]
-                 | f"B64{split}" >> beam.Map(lambda b: base64.b64encode(b).decode())
-                 | f"Write{split}" >> beam.io.WriteToText(os.path.join(out_dir, f"{split}-{name}")))
-        outputs["dead_letters"] | "WriteDead" >> beam.io.WriteToText(
-            os.path.join(out_dir, f"dead-{name}"))
-        outputs["counts"] | "WriteCounts" >> beam.io.WriteToText(
-            os.path.join(out_dir, f"counts-{name}"))
-
-    scratch = os.path.join(out_dir, "scratch")
-    passes = bucketed_join.run(beam.Pipeline, input_glob, config or CONFIG, span_input,
-                               write_outputs, scratch, max_pass_records)["passes"]
-    assert not os.path.exists(scratch)  # the buckets are removed
-
-    def lines(prefix):
-        result = []
-        for path in sorted(glob.glob(os.path.join(out_dir, prefix + "*"))):
-            with open(path, encoding="utf-8") as f:
-                result.extend(line.rstrip("\n") for line in f)
-        return result
-
-    counts = {}
-    for line in lines("counts-"):
-        for key, value in json.loads(line).items():
-            counts[key] = counts.get(key, 0) + value
-    return passes, {
-        "train": [base64.b64decode(x) for x in lines("train-")],
-        "eval": [base64.b64decode(x) for x in lines("eval-")],
-        "dead_letters": [json.loads(x) for x in lines("dead-")],
-        "counts": counts,
-    }
-
-
-def _assert_same(bucketed, reference):
-    for split in ingest.SPLITS:
-        assert sorted(bucketed[split]) == sorted(reference[split])  # byte for byte
-    assert bucketed["counts"] == reference["counts"]
-    assert (sorted(json.dumps(d, sort_keys=True) for d in bucketed["dead_letters"])
-            == sorted(json.dumps(d, sort_keys=True) for d in reference["dead_letters"]))
+from mtrank.components import bucketed_join, spans
+from mtrank.components.ingest_test import CONFIG, _fb, _imp, _write_logs  # the reference logs
+from mtrank_testing.ingest_util import assert_same_ingestion, run_bucketed, run_ingestion
 
 
 def test_passes_give_the_one_pipeline_result(tmp_path):
     logs = _write_logs(str(tmp_path / "logs"))
-    reference = _run(logs, str(tmp_path / "one"))
-    passes, bucketed = _run_bucketed(logs, str(tmp_path / "passes"), max_pass_records=4)
+    reference = run_ingestion(logs, str(tmp_path / "one"), CONFIG)
+    passes, bucketed = run_bucketed(logs, str(tmp_path / "passes"), max_pass_records=4,
+                                    config=CONFIG)
     assert passes > 3  # really several passes
-    _assert_same(bucketed, reference)
-
-
-def test_passes_on_fuzzed_logs_conserve_every_line(tmp_path):
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "a.jsonl").write_bytes(b"".join(l + b"\n" for l in _fuzzed_lines(3, tmp_path)))
-    reference = _run(str(logs / "*"), str(tmp_path / "one"))
-    passes, bucketed = _run_bucketed(str(logs / "*"), str(tmp_path / "passes"),
-                                     max_pass_records=50)
-    assert passes > 1
-    _assert_same(bucketed, reference)
-    _conservation_holds(bucketed["counts"], bucketed["dead_letters"])
+    assert_same_ingestion(bucketed, reference)
 
 
 def test_passes_with_a_span_and_its_lookahead(tmp_path):
-    from mtrank.components.ingest_test import _fb, _imp
-
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "2024-03-01.jsonl").write_bytes(b"\n".join([
@@ -92,10 +28,10 @@ def test_passes_with_a_span_and_its_lookahead(tmp_path):
         _fb("click", "r1", "i1", "2024-03-02T00:01:00Z") + b"\n")
     pattern = str(logs / "{YYYY}-{MM}-{DD}.jsonl")
     span_input = spans.SpanInput.of(pattern, spans.span_of_date(datetime.date(2024, 3, 1)), 1)
-    reference = _run(pattern, str(tmp_path / "one"), span_input=span_input)
-    _, bucketed = _run_bucketed(pattern, str(tmp_path / "passes"), max_pass_records=1,
-                                span_input=span_input)
-    _assert_same(bucketed, reference)
+    reference = run_ingestion(pattern, str(tmp_path / "one"), CONFIG, span_input=span_input)
+    _, bucketed = run_bucketed(pattern, str(tmp_path / "passes"), max_pass_records=1,
+                               config=CONFIG, span_input=span_input)
+    assert_same_ingestion(bucketed, reference)
     assert bucketed["counts"]["lookahead.feedback_merged"] == 1
 
 

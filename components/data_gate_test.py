@@ -34,7 +34,7 @@ def test_clean_data_passes(tmp_path):
     artifact = _anomalies_artifact(tmp_path, {"train": _validate(TRAIN, TRAIN),
                                               "eval": _validate(TRAIN, TRAIN)})
     assert data_gate.read_anomalies(artifact) == {}
-    data_gate.check_anomalies(artifact)
+    data_gate.check(data_gate.read_anomalies(artifact), {})
 
 
 def test_anomalies_stop_the_run_and_are_named(tmp_path):
@@ -48,7 +48,7 @@ def test_anomalies_stop_the_run_and_are_named(tmp_path):
     assert any(p.startswith("device:") and "toaster" in p for p in found["eval"])
     assert any(p.startswith("price:") for p in found["extra"])
     with pytest.raises(data_gate.DataAnomaliesError, match=r"\[eval\] device:.*\[extra\] price:"):
-        data_gate.check_anomalies(artifact)
+        data_gate.check(data_gate.read_anomalies(artifact), {})
 
 
 def _stats(frame: pd.DataFrame):
@@ -136,23 +136,3 @@ def test_environments_labels_absent_at_serving():
     assert "click_label" in in_training.anomaly_info
     assert data_gate.training_environment(schema) == data_gate.TRAINING
     assert data_gate.training_environment(tfdv.infer_schema(serving)) is None
-
-
-def test_curated_simulator_schema():
-    from mtrank.simulator import logs as simulator
-
-    schema = tfdv.load_schema_text(os.path.join(
-        os.path.dirname(__file__), "..", "pipeline", "schemas", "simulator.pbtxt"))
-    assert list(schema.default_environment) == [data_gate.TRAINING, data_gate.SERVING]
-    for feature in schema.feature:
-        absent_at_serving = (feature.name.endswith("_label")
-                             or feature.name in ("position", "request_id", "impression_ts"))
-        assert (list(feature.not_in_environment) == [data_gate.SERVING]) == absent_at_serving, \
-            feature.name
-    for name, values in (("device", simulator.DEVICES), ("country", simulator.COUNTRIES),
-                         ("item_category", simulator.CATEGORIES)):
-        assert set(tfdv.get_domain(schema, name).value) == set(values)
-        assert tfdv.get_feature(schema, name).distribution_constraints.min_domain_mass == \
-            pytest.approx(0.99)
-    for name in ("user_id", "item_id", "request_id"):
-        assert not tfdv.get_feature(schema, name).HasField("domain"), name

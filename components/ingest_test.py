@@ -1,6 +1,5 @@
 """End-to-end tests of the ingestion Beam pipeline (DirectRunner) over a small
 mix of gzip and plain JSON Lines files holding every kind of line."""
-import base64
 import collections
 import glob
 import gzip
@@ -14,11 +13,11 @@ import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from mtrank.components import ingest, spans
-from mtrank.base import log_files
+from mtrank.components import ingest
+from mtrank.base.counts import LINES_READ
 from mtrank.base import log_contract as lc
 from mtrank.base import config as config_lib
-from mtrank.simulator import logs as simulator
+from mtrank_testing.ingest_util import assert_lines_conserved, file_line_count, run_ingestion
 
 CONFIG = config_lib.config_from_dict({
     "model_name": "m",
@@ -120,35 +119,9 @@ def _write_logs(directory, gz_lines=GZ_LINES, plain_lines=PLAIN_LINES):
     return os.path.join(directory, "part-*")
 
 
-def _run(input_glob, out_dir, config=CONFIG, span_input=None):
-    """Runs LogsToExamples; returns {"train", "eval": [bytes], "dead_letters":
-    [dict], "counts": dict}."""
-    with beam.Pipeline() as p:
-        outputs = p | ingest.LogsToExamples(input_glob, config, span_input)
-        for split in ingest.SPLITS:
-            (outputs[split]
-             | f"B64{split}" >> beam.Map(lambda b: base64.b64encode(b).decode())
-             | f"Write{split}" >> beam.io.WriteToText(os.path.join(out_dir, split)))
-        outputs["dead_letters"] | "WriteDead" >> beam.io.WriteToText(
-            os.path.join(out_dir, "dead"))
-        outputs["counts"] | "WriteCounts" >> beam.io.WriteToText(
-            os.path.join(out_dir, "counts"))
-
-    def lines(name):
-        result = []
-        for path in sorted(glob.glob(os.path.join(out_dir, name + "*"))):
-            with open(path, encoding="utf-8") as f:
-                result.extend(line.rstrip("\n") for line in f)
-        return result
-
-    counts = lines("counts")
-    assert len(counts) == 1, counts
-    return {
-        "train": [base64.b64decode(x) for x in lines("train")],
-        "eval": [base64.b64decode(x) for x in lines("eval")],
-        "dead_letters": [json.loads(x) for x in lines("dead")],
-        "counts": json.loads(counts[0]),
-    }
+def _run(input_glob, out_dir):
+    """The ingestion of these tests' logs, with this module's config."""
+    return run_ingestion(input_glob, out_dir, CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -175,24 +148,15 @@ def _by_request(run):
     return by_request
 
 
-def _file_line_count(pattern):
-    total = 0
-    for path in glob.glob(pattern):
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            total += f.read().count(b"\n")
-    return total
-
-
 def test_lines_read_equals_file_line_count(run, logs):
-    assert run["counts"]["lines_read"] == _file_line_count(logs)
+    assert run["counts"]["lines_read"] == file_line_count(logs)
     assert run["counts"]["lines_read"] == len(GZ_LINES) + len(PLAIN_LINES)
 
 
 def test_outcome_counts_add_up_to_lines_read(run):
     counts = run["counts"]
     outcomes = {k: v for k, v in counts.items()
-                if k != ingest.LINES_READ and not k.startswith("examples.")}
+                if k != LINES_READ and not k.startswith("examples.")}
     assert sum(outcomes.values()) == counts["lines_read"]
 
 
@@ -357,71 +321,6 @@ def test_gzip_is_recognised_by_content_not_name(tmp_path):
     assert counts == {"lines_read": 1, "impressions": 1, "examples.eval": 1}
 
 
-def _fuzzed_lines(seed: int, tmp_path) -> list:
-    """Simulated log lines, a fraction of them broken in every way a
-    producer or a disk can break them."""
-    simulator.simulate(str(tmp_path / "clean"), impressions=300, days=3, seed=seed)
-    lines = [line.rstrip(b"\n") for path in sorted((tmp_path / "clean").glob("events-*"))
-             for line in gzip.open(path).read().splitlines()]
-    rng = random.Random(seed)
-    fuzzed = []
-    for line in lines:
-        event = json.loads(line)
-        roll = rng.random()
-        if roll < 0.03:
-            fuzzed.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80))))
-        elif roll < 0.06:
-            event.pop(rng.choice(["type", "ts", "request_id", "user_id", "item_id"]))
-            fuzzed.append(json.dumps(event).encode())
-        elif roll < 0.09:
-            event[rng.choice(["ts", "user_id", "item_id"])] = rng.choice([7, None, [], {}])
-            fuzzed.append(json.dumps(event).encode())
-        elif roll < 0.11:
-            fuzzed.append(line[: rng.randrange(1, len(line))])  # truncated JSON
-        elif roll < 0.14:
-            fuzzed += [line, line]  # delivered twice
-        elif roll < 0.16 and event["type"] != "impression":
-            event["request_id"] = "orphan-" + event["request_id"]
-            fuzzed.append(json.dumps(event).encode())
-        else:
-            fuzzed.append(line)
-    fuzzed.insert(rng.randrange(len(fuzzed)), b'{"pad": "' + b"x" * (log_files.MAX_LINE_BYTES + 10) + b'"}')
-    return fuzzed
-
-
-def _conservation_holds(counts: dict, dead_letters: list) -> None:
-    outcomes = {k: v for k, v in counts.items()
-                if k != ingest.LINES_READ and not k.startswith(("examples.", "lookahead."))}
-    assert sum(outcomes.values()) == counts[ingest.LINES_READ]
-    assert counts.get("examples.train", 0) + counts.get("examples.eval", 0) == counts["impressions"]
-    dead = collections.Counter(d["dead_letter_reason"] for d in dead_letters)
-    assert {f"dead_letter.{r}": n for r, n in dead.items()} == {
-        k: v for k, v in counts.items() if k.startswith("dead_letter.")}
-
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_conservation_on_fuzzed_logs(tmp_path, seed):
-    lines = _fuzzed_lines(seed, tmp_path)
-    third = len(lines) // 3
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    # A plain file, and a gzip file of two concatenated members.
-    parts = [b"".join(l + b"\n" for l in part)
-             for part in (lines[:third], lines[third:2 * third], lines[2 * third:])]
-    (logs / "a.jsonl").write_bytes(parts[0])
-    with open(logs / "b.jsonl.gz", "wb") as f:
-        f.write(gzip.compress(parts[1]) + gzip.compress(parts[2]))
-    result = _run(str(logs / "*"), str(tmp_path / "out"))
-    counts = result["counts"]
-    # Intact files: every physical line (garbage may hold newlines) is read,
-    # and each has exactly one outcome.
-    assert counts[ingest.LINES_READ] == sum(part.count(b"\n") for part in parts)
-    _conservation_holds(counts, result["dead_letters"])
-    assert counts["dead_letter.line_too_long"] == 1
-    assert counts["duplicates"] > 0 and counts["dead_letter.orphan_feedback"] > 0
-    assert counts["impressions"] > 0
-
-
 def test_truncated_gzip_keeps_what_came_before_and_says_so(tmp_path):
     lines = [_imp(f"r{i}", "i", "2024-03-01T10:00:00Z") for i in range(2000)]
     whole = gzip.compress(b"".join(l + b"\n" for l in lines))
@@ -435,9 +334,9 @@ def test_truncated_gzip_keeps_what_came_before_and_says_so(tmp_path):
     # The lines before the cut became examples; the cut-off rest is one dead
     # letter (its lines cannot be counted).
     assert 0 < counts["impressions"] < len(lines)
-    assert counts[ingest.LINES_READ] == counts["impressions"] + sum(
+    assert counts[LINES_READ] == counts["impressions"] + sum(
         v for k, v in counts.items() if k.startswith("dead_letter."))
-    _conservation_holds(counts, result["dead_letters"])
+    assert_lines_conserved(counts, result["dead_letters"])
 
 
 def test_json_csv_and_parquet_mix_in_one_run(tmp_path):
@@ -475,80 +374,3 @@ def test_feedback_only_logs_are_all_orphans(tmp_path):
     result = _run(str(path), str(tmp_path / "out"))
     assert result["counts"] == {"lines_read": 1, "dead_letter.orphan_feedback": 1}
     assert result["train"] == result["eval"] == []
-
-
-# Daily partitions: each span ingested alone must give the examples that one
-# ingestion of every day gives, with each line counted by its own span.
-SPAN_LOGS_DAYS = 4
-
-
-@pytest.fixture(scope="module")
-def span_logs(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("span_logs"))
-    simulator.simulate(out, impressions=1500, days=SPAN_LOGS_DAYS, seed=3)
-    pattern = os.path.join(out, "events-{YYYY}-{MM}-{DD}*")
-    from mtrank.pipeline import config_inference
-    config = config_inference.infer_config(pattern)
-    # A click a minute after midnight on the impression of a minute before,
-    # in the next day's partition, at every day boundary.
-    days = [spans.date_of_span(s) for s in spans.list_spans(pattern)]
-    features = {f.name: f.default_value if f.is_scalar else [] for f in config.features
-                if f.name not in ("user_id", "item_id")}
-    for day, next_day in zip(days, days[1:]):
-        impression = json.loads(_imp(f"late-{day}", "i1", f"{day}T23:59:00Z", position=0))
-        impression["features"] = features
-        with open(os.path.join(out, f"events-{day}-extra.jsonl"), "a") as f:
-            f.write(json.dumps(impression) + "\n")
-        with open(os.path.join(out, f"events-{next_day}-extra.jsonl"), "a") as f:
-            f.write(_fb("click", f"late-{day}", "i1", f"{next_day}T00:01:00Z").decode() + "\n")
-    return pattern, config
-
-
-def _by_key(serialized):
-    by_key = {}
-    for b in serialized:
-        example = tf.train.Example.FromString(b)
-        f = example.features.feature
-        by_key[(f["request_id"].bytes_list.value[0], f["item_id"].bytes_list.value[0])] = (
-            example.SerializeToString(deterministic=True))
-    return by_key
-
-
-def test_spans_give_the_examples_of_one_whole_ingestion(span_logs, tmp_path):
-    pattern, config = span_logs
-    whole = _run(spans.any_span_glob(pattern), str(tmp_path / "whole"), config)
-    whole_examples = _by_key(whole["train"] + whole["eval"])
-    lookahead = spans.lookahead_days(config.max_label_window_s)
-    complete = sorted(spans.list_spans(pattern))[:-lookahead]
-    assert len(complete) == SPAN_LOGS_DAYS - lookahead
-    from_spans = {}
-    for span in complete:
-        span_input = spans.SpanInput.of(pattern, span, lookahead)
-        result = _run(pattern, str(tmp_path / str(span)), config, span_input)
-        counts = result["counts"]
-        # Every line of the span's own partition, and none of the lookahead's,
-        # is counted once.
-        assert counts[ingest.LINES_READ] == _file_line_count(span_input.own_glob)
-        assert counts["lookahead.lines_read"] == sum(
-            _file_line_count(g) for g in span_input.lookahead_globs)
-        _conservation_holds(counts, result["dead_letters"])
-        assert counts["lookahead.feedback_merged"] > 0  # feedback after midnight
-        if span != complete[0]:
-            assert counts["feedback_previous_span"] > 0
-        examples = _by_key(result["train"] + result["eval"])
-        assert len(result["eval"]) / len(examples) == pytest.approx(
-            config.split.eval_percent / 100, abs=0.06)
-        from_spans.update(examples)
-    # The same examples, labels included, as the whole ingestion gave for the
-    # impressions of those days.
-    days = {spans.date_of_span(s).isoformat() for s in complete}
-    expected = {key: ex for key, ex in whole_examples.items()
-                if _impression_day(ex) in days}
-    assert from_spans == expected
-
-
-def _impression_day(serialized: bytes) -> str:
-    import datetime
-    ts = tf.train.Example.FromString(serialized).features.feature[
-        "impression_ts"].int64_list.value[0]
-    return datetime.datetime.fromtimestamp(ts / 1e6, datetime.timezone.utc).date().isoformat()

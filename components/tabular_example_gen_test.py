@@ -7,15 +7,15 @@ import os
 
 import pytest
 import tensorflow as tf
+from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 from tfx.utils import proto_utils
 
 from mtrank.components import tabular_example_gen
-from mtrank.components.log_example_gen import COUNTS_PROPERTY
+from mtrank.base import layout
+from mtrank.base.counts import COUNTS_PROPERTY
 from mtrank.base import config as config_lib
-from mtrank.pipeline import pipeline as pipeline_lib
-from mtrank.reporting import run_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CENSUS_FILE = os.path.join(os.path.dirname(REPO), "shared", "data", "census-income.test.gz")
@@ -24,12 +24,14 @@ ROWS = 200
 
 
 def test_output_config_hash_buckets_in_lowest_terms():
-    split = tabular_example_gen.output_config(config_lib.InputSplitConfig(70, 15, 15))
+    split = tabular_example_gen.output_config(
+        config_lib.InputSplitConfig(train=70, eval=15, test=15))
     assert [(s.name, s.hash_buckets) for s in split.split_config.splits] == [
         ("train", 14), ("eval", 3), ("test", 3)]
     assert split.split_config.partition_feature_name == config_lib.SPLIT_KEY
     # A split of 0 is left out.
-    split = tabular_example_gen.output_config(config_lib.InputSplitConfig(80, 20, 0))
+    split = tabular_example_gen.output_config(
+        config_lib.InputSplitConfig(train=80, eval=20, test=0))
     assert [(s.name, s.hash_buckets) for s in split.split_config.splits] == [
         ("train", 4), ("eval", 1)]
 
@@ -57,15 +59,18 @@ def test_read_header_requires_the_same_header_in_every_file(tmp_path):
 
 
 def _run_example_gen(work: str, input_glob: str, config: config_lib.Config):
-    """Runs the pipeline's ExampleGen alone; returns its ingestion counts and
-    {split: sorted serialized examples}."""
-    metadata_path = os.path.join(work, "metadata.sqlite")
+    """Runs the tabular ExampleGen (the one the pipeline builds for csv and
+    tfrecord input) alone; returns its ingestion counts, {split: sorted
+    serialized examples} and its dead letters."""
+    connection_config = metadata.sqlite_metadata_connection_config(
+        layout.metadata_path(work))
     tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
         pipeline_name="t", pipeline_root=os.path.join(work, "root"),
-        components=[pipeline_lib.make_example_gen(input_glob, config)],
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
+        components=[tabular_example_gen.example_gen(input_glob, config)],
+        metadata_connection_config=connection_config,
         beam_pipeline_args=["--direct_num_workers=1"]))
-    [examples] = run_summary.open_store(metadata_path).get_artifacts_by_type("Examples")
+    [examples] = metadata_store.MetadataStore(connection_config).get_artifacts_by_type(
+        "Examples")
     splits = {}
     for split_dir in sorted(glob.glob(os.path.join(examples.uri, "Split-*"))):
         records = tf.data.TFRecordDataset(glob.glob(os.path.join(split_dir, "*")),

@@ -1,5 +1,5 @@
-"""`mtrank compile`: the pipeline as a KFP v2 PipelineJob spec, offline."""
-import dataclasses
+"""kubeflow/runner.py: the pipeline as a KFP v2 PipelineJob spec, offline (what
+`mtrank compile` writes; the command itself is tested in tests/cli_test.py)."""
 import json
 
 import pytest
@@ -7,8 +7,6 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from mtrank.kubeflow import runner
-from mtrank.cli import main as cli
-from mtrank.base import config as config_lib
 from mtrank_testing import trainer_util as tu
 
 IMAGE = "registry.example/mtrank:1.2.3"
@@ -22,8 +20,8 @@ COMPONENTS = BEAM_COMPONENTS + ("SchemaGen", "ExampleValidator", "DataValidation
 @pytest.fixture(scope="module")
 def config():
     small = tu.small_config()
-    return dataclasses.replace(
-        small, training=dataclasses.replace(small.training, gpus=2, gpu_type="NVIDIA_L4"))
+    return small.model_copy(update={"training": small.training.model_copy(
+        update={"gpus": 2, "gpu_type": "NVIDIA_L4"})})
 
 
 def _compile(config, path, **kwargs):
@@ -75,7 +73,7 @@ def test_trainer_gets_the_gpus_of_the_config(spec):
 
 
 def test_no_gpu_asked_when_the_config_has_none(config, tmp_path):
-    cpu = dataclasses.replace(config, training=dataclasses.replace(config.training, gpus=0))
+    cpu = config.model_copy(update={"training": config.training.model_copy(update={"gpus": 0})})
     spec = _compile(cpu, tmp_path / "cpu.json")
     trainer = spec["pipelineSpec"]["deploymentSpec"]["executors"]["Trainer_executor"]
     assert "resources" not in trainer["container"]
@@ -92,20 +90,6 @@ def test_push_goes_to_the_model_base_directory(config, spec):
 
 def test_kfp_pipeline_name():
     assert runner.kfp_pipeline_name("Ranker_v2") == "ranker-v2"
-
-
-def test_cli_compile(config, tmp_path, capsys):
-    config_path = tmp_path / "config.yaml"
-    config_lib.save_config(config, str(config_path))
-    output = tmp_path / "cli.json"
-    assert cli.main(["compile", "--output", str(output), "--logs", LOGS, "--config",
-                     str(config_path), "--pipeline-root", ROOT, "--image", IMAGE,
-                     "--dataflow-project", "proj", "--dataflow-region", "europe-west4"]) == 0
-    compiled = json.loads(output.read_text())
-    steps = len(compiled["pipelineSpec"]["root"]["dag"]["tasks"])
-    assert f"{steps} steps" in capsys.readouterr().out
-    assert json.dumps(compiled, sort_keys=True) == json.dumps(
-        _compile(config, tmp_path / "direct.json"), sort_keys=True)
 
 
 def test_daily_partitions_are_refused_with_the_reason(config, tmp_path):

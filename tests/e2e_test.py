@@ -19,12 +19,13 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from mtrank_testing import browser as browser_testing
+from mtrank.base import examples
 from mtrank.pipeline import config_inference
-from mtrank.reporting import report, run_summary
+from mtrank.reporting import metadata, report
 from mtrank.simulator import logs as simulator
 from mtrank.serving import client
 
-MTRANK = [sys.executable, "-m", "pipeline"]
+MTRANK = [sys.executable, "-m", "mtrank.cli"]
 SCHEMA = os.path.join(os.path.dirname(__file__), "..", "pipeline", "schemas", "simulator.pbtxt")
 # Click's AUC floor. On these logs (fixed seeds) the first model reaches
 # about 0.544 and the model of noise clicks about 0.520; runs repeat these to
@@ -144,9 +145,9 @@ def test_second_run_on_noise_clicks_is_not_blessed_and_names_click(pipeline_runs
 
 
 def test_data_gate_compared_the_second_run_with_the_first_runs_statistics(pipeline_runs):
-    store = run_summary.open_store(str(pipeline_runs["work"] / "metadata.sqlite"))
+    store = metadata.open_store(str(pipeline_runs["work"]))
     def executions_of(node):
-        return [e.id for e in store.get_executions() if run_summary._node_id(store, e.id) == node]
+        return [e.id for e in store.get_executions() if metadata.node_id(store, e.id) == node]
 
     statistics = sorted(ev.artifact_id for ev in store.get_events_by_execution_ids(
         executions_of("StatisticsGen")) if ev.type == metadata_store_pb2.Event.OUTPUT)
@@ -229,7 +230,8 @@ def _predict_request(serialized):
 
 def test_predict_through_stock_stubs(served):
     impressions = _eval_impressions(served["logs"], 50)
-    serialized = [client.impression_to_example(e).SerializeToString() for e in impressions]
+    serialized = [examples.example_from_json(client.impression_features(e)).SerializeToString()
+                  for e in impressions]
     stub = prediction_service_pb2_grpc.PredictionServiceStub(served["channel"])
     response = stub.Predict(_predict_request(serialized), timeout=30)
     tasks = {t["name"] for t in served["config"]["tasks"]}
@@ -258,7 +260,8 @@ def test_malformed_request_is_invalid_argument_and_server_keeps_serving(served):
     with pytest.raises(grpc.RpcError) as error:
         stub.Predict(_predict_request([b"\x00not a tf.Example\xff"]), timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    good = client.impression_to_example(_eval_impressions(served["logs"], 1)[0])
+    good = examples.example_from_json(
+        client.impression_features(_eval_impressions(served["logs"], 1)[0]))
     response = stub.Predict(_predict_request([good.SerializeToString()]), timeout=10)
     assert {t["name"] for t in served["config"]["tasks"]} < set(response.outputs)
 
