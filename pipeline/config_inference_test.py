@@ -2,7 +2,9 @@
 import gzip
 import json
 
+import jsonschema
 import pytest
+import yaml
 
 from mtrank.components import labelling
 from mtrank.base import log_contract
@@ -227,11 +229,12 @@ def test_inferred_config_passes_validation_and_round_trips(inferred):
 
 def test_every_sampled_impression_converts_with_the_inferred_config(inferred):
     # An inferred config must accept the logs it came from.
+    convert = labelling.ImpressionConverter(inferred)
     for event in _sample_events():
         parsed = log_contract.parse_event(json.dumps(event))
         assert isinstance(parsed, log_contract.Event)
         if parsed.is_impression:
-            result = labelling.to_impression(inferred, parsed, "line")
+            result = convert(parsed, "line")
             assert isinstance(result, labelling.Impression), result.detail
 
 
@@ -242,16 +245,26 @@ def test_list_of_fractional_numbers_is_left_out(tmp_path):
         _fb("click", 0)]
     config = ci.infer_config(_write(tmp_path / "l.gz", events))
     assert [f.name for f in config.features] == ["user_id", "item_id", "n"]
+    convert = labelling.ImpressionConverter(config)
     for event in events[:3]:
         parsed = log_contract.parse_event(json.dumps(event))
-        assert isinstance(labelling.to_impression(config, parsed, "line"),
-                          labelling.Impression)
+        assert isinstance(convert(parsed, "line"), labelling.Impression)
 
 
 def test_inferred_config_survives_the_yaml_a_user_edits(inferred, tmp_path):
     path = str(tmp_path / "config.yaml")
     config_lib.save_config(inferred, path)
     assert config_lib.load_config(path) == inferred
+
+
+def test_inferred_config_is_valid_under_the_json_schema(inferred):
+    # What an editor checks `mtrank init-config`'s output against.
+    validator = jsonschema.Draft202012Validator(config_lib.json_schema())
+    assert [e.message for e in validator.iter_errors(yaml.safe_load(inferred.to_yaml()))] == []
+    broken = yaml.safe_load(inferred.to_yaml())
+    broken["features"][0]["kind"] = "dense"
+    assert [e.message for e in validator.iter_errors(broken)] == [
+        "'dense' is not one of ['categorical', 'numeric', 'multivalent']"]
 
 
 # --- helpers ----------------------------------------------------------------
@@ -307,3 +320,34 @@ def test_window_is_inferred_from_observed_delays(tmp_path):
     events += [dict(_fb("click", i), ts=f"2024-03-01T10:00:{30 + i:02d}Z") for i in range(10)]
     config = ci.infer_config(_write(tmp_path / "l.gz", events))
     assert config.tasks[0].label_window_s == 60
+
+
+# --- default slices -----------------------------------------------------------
+
+def test_low_cardinality_categorical_features_are_the_default_slices(inferred):
+    # country: 3 strings. hour (12 ints) has too many values; user_id and
+    # item_id are ids; tags and cats are lists.
+    assert inferred.validation.slices == [["country"]]
+
+
+def test_slices_gate_blessing_only_with_enough_positives_of_the_rarest_task(inferred):
+    # add-to-cart: 1 event in 40 impressions, so 100 positives need 4,000
+    # eval examples per slice: this small sample's slices are reported only.
+    assert inferred.validation.min_slice_size == 4000
+
+
+def test_default_slices_take_the_fewest_values_first(tmp_path):
+    events = [_imp(i, {"device": ["m", "d"][i % 2], "segment": f"s{i % 4}",
+                       "country": f"c{i % 8}", "city": f"t{i % 9}", "constant": "x"})
+              for i in range(36)]
+    events += [_fb("click", i) for i in range(36)]
+    config = ci.infer_config(_write(tmp_path / "l.gz", events))
+    assert config.validation.slices == [["device"], ["segment"], ["country"]]
+    # Every impression clicked: the smallest size a slice is gated at.
+    assert config.validation.min_slice_size == config_lib.ValidationConfig().min_slice_size
+
+
+def test_no_low_cardinality_feature_means_no_slices(tmp_path):
+    events = [_imp(i, {"price": float(i)}) for i in range(10)] + [_fb("click", 0)]
+    config = ci.infer_config(_write(tmp_path / "l.gz", events))
+    assert config.validation == config_lib.ValidationConfig()

@@ -28,12 +28,11 @@ import tensorflow_data_validation as tfdv  # noqa: E402
 import tensorflow_model_analysis as tfma  # noqa: E402
 from ml_metadata.proto import metadata_store_pb2  # noqa: E402
 
+from mtrank.base import layout  # noqa: E402
 from mtrank.components import data_gate  # noqa: E402
-from mtrank.reporting import run_summary  # noqa: E402
+from mtrank.reporting import metadata, run_summary  # noqa: E402
 
 BASELINE = "baseline"
-METADATA_FILE = "metadata.sqlite"
-SUMMARY_FILE = "run_summary.json"
 STATISTICS_FILE = "FeatureStats.pb"  # per split, as StatisticsGen writes it
 
 
@@ -162,16 +161,34 @@ def _png(figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def reliability_points(plot) -> List[Tuple[float, float, float]]:
-    """(mean prediction, mean label, examples) of each non-empty bucket of a
-    TFMA CalibrationPlot."""
-    points = []
-    for bucket in plot.calibration_histogram_buckets.buckets:
-        n = bucket.num_weighted_examples.value
-        if n > 0:
-            points.append((bucket.total_weighted_refined_prediction.value / n,
-                           bucket.total_weighted_label.value / n, n))
-    return points
+# Points of a reliability diagram: each about a tenth of the examples.
+RELIABILITY_POINTS = 10
+
+
+def reliability_points(plot, points: int = RELIABILITY_POINTS
+                       ) -> List[Tuple[float, float, float]]:
+    """(mean prediction, observed rate, examples) of about `points` groups of
+    equal example count, in order of prediction.
+
+    TFMA's CalibrationPlot buckets have equal widths over [0, 1], and a rare
+    event's predictions all fall into the first few of them; merging its
+    narrow buckets at the quantiles of the predictions spreads the points
+    over the range the model predicts (as fine as the buckets allow)."""
+    buckets = [(b.num_weighted_examples.value, b.total_weighted_refined_prediction.value,
+                b.total_weighted_label.value)
+               for b in plot.calibration_histogram_buckets.buckets
+               if b.num_weighted_examples.value > 0]
+    total = sum(n for n, _, _ in buckets)
+    result = []
+    examples = predictions = labels = seen = 0.0
+    for n, prediction, label in buckets:
+        examples, predictions, labels, seen = (examples + n, predictions + prediction,
+                                               labels + label, seen + n)
+        # A group ends at the next quantile; the last one at the last bucket.
+        if seen * points >= total * (len(result) + 1):
+            result.append((predictions / examples, labels / examples, examples))
+            examples = predictions = labels = 0.0
+    return result
 
 
 def pr_points(plot) -> List[Tuple[float, float]]:
@@ -180,15 +197,32 @@ def pr_points(plot) -> List[Tuple[float, float]]:
             if m.true_positives + m.false_positives > 0]
 
 
-def _plot_per_model(title: str, xlabel: str, ylabel: str, series, diagonal: bool) -> str:
+def _zoomed_range(values: List[float]) -> Tuple[float, float]:
+    """[low, high] around `values` with a margin of a twentieth, within [0, 1]."""
+    low, high = min(values), max(values)
+    margin = max(high - low, 1e-3) / 20
+    return max(0.0, low - margin), min(1.0, high + margin)
+
+
+def _plot_per_model(title: str, xlabel: str, ylabel: str, series, reliability: bool) -> str:
+    """One line per model. A reliability diagram shares one range zoomed to
+    its points on both axes, so the diagonal (calibrated) stays the diagonal;
+    a precision-recall curve spans every recall and the precisions seen."""
     figure, axes = plt.subplots(figsize=(4.2, 3.4))
-    if diagonal:
-        axes.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", linewidth=1)
+    xs_all = [p[0] for _, points, _ in series for p in points]
+    ys_all = [p[1] for _, points, _ in series for p in points]
+    if reliability:
+        low, high = _zoomed_range(xs_all + ys_all)
+        axes.plot([low, high], [low, high], color="#bbbbbb", linestyle="--", linewidth=1,
+                  label="calibrated")
+        xlim = ylim = (low, high)
+    else:
+        xlim, ylim = (0, 1), (0, min(1.02, 1.1 * max(ys_all, default=1.0)))
     for label, points, style in series:
         if points:
             xs, ys = zip(*[(p[0], p[1]) for p in points])
             axes.plot(xs, ys, style, label=label, markersize=4)
-    axes.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=xlim, ylim=ylim)
     axes.legend(loc="best", fontsize=8)
     return _png(figure)
 
@@ -205,11 +239,11 @@ def task_plots(evaluation: Evaluation, task: str) -> Dict[str, str]:
     result = {}
     if series["reliability"]:
         result["reliability"] = _plot_per_model(
-            f"{task}: reliability", "mean prediction", "observed rate", series["reliability"],
-            diagonal=True)
+            f"{task}: reliability ({RELIABILITY_POINTS} equal-count groups)",
+            "mean prediction", "observed rate", series["reliability"], reliability=True)
     if series["pr"]:
         result["pr"] = _plot_per_model(f"{task}: precision-recall", "recall", "precision",
-                                       series["pr"], diagonal=False)
+                                       series["pr"], reliability=False)
     return result
 
 
@@ -233,7 +267,9 @@ def slice_plot(evaluation: Evaluation, task: str, metric: str) -> Optional[str]:
     axes.set_xticks(list(positions))
     axes.set_xticklabels(slices, rotation=45, ha="right", fontsize=8)
     axes.set(title=f"{task}: {metric} by slice", ylabel=metric)
-    axes.legend(loc="best", fontsize=8)
+    if has_baseline:
+        # Below the bars' tops, which are what a reader compares.
+        axes.legend(loc="lower right", fontsize=8, framealpha=0.9)
     return _png(figure)
 
 
@@ -248,23 +284,46 @@ class RunArtifacts:
     anomalies: Dict[str, List[str]]
     lineage: List[Tuple[str, str, int, str]]  # (role, type, artifact id, uri)
     blessed: Optional[bool]
+    # What the Pusher did: None when it did not run (the run stopped before
+    # it), else whether it pushed, and the version and directory it pushed to.
+    pushed: Optional[bool] = None
+    pushed_version: Optional[str] = None
+    pushed_destination: Optional[str] = None
+
+
+# The component whose output of a type the report shows: Transform also
+# writes ExampleStatistics and ExampleAnomalies, of the transformed data,
+# without splits.
+PRODUCERS = {"ExampleStatistics": "StatisticsGen", "ExampleAnomalies": "ExampleValidator",
+             "ModelEvaluation": "Evaluator", "ModelBlessing": "Evaluator",
+             "PushedModel": "Pusher"}
 
 
 def _last_run_artifacts(store) -> Dict[str, object]:
     """{type name: the newest artifact of that type} among the artifacts of
     the last pipeline run (a run that stopped early has no later ones; a
-    partial run includes the upstream artifacts it reused)."""
+    partial run includes the upstream artifacts it reused), from the
+    type's producer in PRODUCERS where it has one."""
     types = {t.id: t.name for t in store.get_artifact_types()}
     runs = [c for c in store.get_contexts_by_type("pipeline_run")]
     if not runs:
         return {}
     last = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
     newest: Dict[str, object] = {}
-    for artifact in store.get_artifacts_by_context(last.id):
+    for artifact in sorted(store.get_artifacts_by_context(last.id), key=lambda a: -a.id):
         name = types[artifact.type_id]
-        if name not in newest or artifact.id > newest[name].id:
+        if name not in newest and (name not in PRODUCERS
+                                   or _producer(store, artifact.id) == PRODUCERS[name]):
             newest[name] = artifact
     return newest
+
+
+def _producer(store, artifact_id: int) -> Optional[str]:
+    """The pipeline node that output the artifact."""
+    for event in store.get_events_by_artifact_ids([artifact_id]):
+        if metadata.is_output(event):
+            return metadata.node_id(store, event.execution_id)
+    return None
 
 
 def _inputs_of_producer(store, artifact_id: int) -> List[Tuple[str, object]]:
@@ -286,16 +345,14 @@ def load_run(work_dir: str) -> RunArtifacts:
     """The last evaluation, statistics and anomalies, and the lineage of the
     evaluated model: the examples it was evaluated on, the model, the
     baseline, and what the Trainer read (transform graph, schema, examples)."""
-    path = os.path.join(work_dir, METADATA_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no ML Metadata at {path}: run `mtrank run` first")
-    store = run_summary.open_store(path)
+    store = metadata.open_store(work_dir)
     type_names = {t.id: t.name for t in store.get_artifact_types()}
     newest = _last_run_artifacts(store)
     evaluation = newest.get("ModelEvaluation")
     statistics = newest.get("ExampleStatistics")
     anomalies = newest.get("ExampleAnomalies")
     blessing = newest.get("ModelBlessing")
+    pushed_model = newest.get("PushedModel")
     lineage = []
     if evaluation is not None:
         for key, artifact in _inputs_of_producer(store, evaluation.id):
@@ -312,10 +369,20 @@ def load_run(work_dir: str) -> RunArtifacts:
     blessed = None
     if blessing is not None and "blessed" in blessing.custom_properties:
         blessed = blessing.custom_properties["blessed"].int_value == 1
+    pushed = version = destination = None
+    if pushed_model is not None:
+        pushed = metadata.custom_property(pushed_model, "pushed") == 1
+        version = metadata.custom_property(pushed_model, "pushed_version")
+        destination = metadata.custom_property(pushed_model, "pushed_destination")
+        if pushed:
+            lineage.append(("pushed model", "PushedModel", pushed_model.id, destination))
     return RunArtifacts(
         evaluation_uri=evaluation.uri if evaluation is not None else None,
         statistics_uri=statistics.uri if statistics is not None else None,
-        anomalies=found, lineage=lineage, blessed=blessed)
+        anomalies=found, lineage=lineage, blessed=blessed, pushed=pushed,
+        pushed_version=None if version is None else str(version),
+        pushed_destination=destination)
+
 
 
 def _as_tfx_artifact(mlmd_artifact):
@@ -339,24 +406,39 @@ def statistics_rows(statistics_uri: str) -> List[List[str]]:
             continue
         for dataset in tfdv.load_stats_binary(path).datasets:
             for feature in dataset.features:
-                rows.append([split, feature.path.step[0] if feature.path.step else feature.name,
+                rows.append([split, ".".join(feature.path.step) or feature.name,
                              statistics_type_name(feature.type), *_feature_summary(feature)])
     return rows
 
 
+def _number(value: float) -> str:
+    """A statistic: counts whole with thousands separators, other numbers
+    (and timestamps, means of timestamps) to four significant digits."""
+    if float(value).is_integer() and abs(value) < 1e9:
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
+
 def _feature_summary(feature) -> List[str]:
     """present, missing, and a one-line summary of a feature's statistics."""
-    if feature.HasField("num_stats"):
-        stats = feature.num_stats
-        return [str(stats.common_stats.num_non_missing), str(stats.common_stats.num_missing),
-                f"mean {stats.mean:.4g}, std {stats.std_dev:.4g}, min {stats.min:.4g}, "
-                f"max {stats.max:.4g}, zeros {stats.num_zeros}"]
-    if feature.HasField("string_stats"):
-        stats = feature.string_stats
-        top = ", ".join(f"{v.value} ({int(v.frequency)})" for v in stats.top_values[:3])
-        return [str(stats.common_stats.num_non_missing), str(stats.common_stats.num_missing),
-                f"{stats.unique} unique; top {top}"]
-    return ["-", "-", "-"]
+    for kind in ("num_stats", "string_stats"):
+        if feature.HasField(kind):
+            stats = getattr(feature, kind)
+            break
+    else:
+        return ["-", "-", "-"]
+    common = stats.common_stats
+    if kind == "num_stats":
+        summary = (f"mean {_number(stats.mean)}, std {_number(stats.std_dev)}, "
+                   f"min {_number(stats.min)}, median {_number(stats.median)}, "
+                   f"max {_number(stats.max)}, zeros {_number(stats.num_zeros)}")
+    else:
+        top = ", ".join(f"{v.value} ({_number(v.frequency)})" for v in stats.top_values[:3])
+        summary = f"{_number(stats.unique)} unique; top {top}"
+    if common.max_num_values > 1:
+        summary += f"; {common.min_num_values}-{common.max_num_values} values per example"
+    return [_number(common.num_non_missing), _number(common.num_missing), summary]
 
 
 def statistics_type_name(type_value: int) -> str:
@@ -367,9 +449,71 @@ def statistics_type_name(type_value: int) -> str:
 
 # Output ----------------------------------------------------------------------
 
-def _fmt(value: Optional[float]) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{value:.4f}"
+# Metrics that count examples: printed as whole numbers.
+COUNT_METRICS = ("example_count", "weighted_example_count")
+
+
+def _fmt(value: Optional[float], metric: str = "") -> str:
+    """A metric's value: counts whole with thousands separators; rates of
+    rare events (mean label 0.0049) to three significant digits; the rest,
+    AUCs and losses, to four decimals."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if metric in COUNT_METRICS:
+        return f"{round(value):,}"
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:#.3g}"  # "#": 0.00750 beside 0.00872, not 0.0075
+    return f"{value:.4f}"
+
+
+def _has_baseline(evaluation: Optional[Evaluation]) -> bool:
+    return evaluation is not None and any(
+        model == BASELINE for values in evaluation.metrics.values() for _, model in values)
+
+
+def _describe_check(check: BoundCheck) -> str:
+    """`click, slice overall: auc 0.5012 fails >= 0.58`."""
+    if check.value is None:
+        what = f"{check.metric} not computed"
+    elif check.kind == "change":
+        what = f"{check.metric} changed by {check.value:+.4f} against the last blessed model"
+    else:
+        what = f"{check.metric} {_fmt(check.value, check.metric)}"
+    return f"{check.task}, slice {check.slice}: {what}, bound {check.bound}"
+
+
+def verdict(evaluation: Optional[Evaluation], run: RunArtifacts) -> Tuple[bool, str, List[str]]:
+    """(blessed, headline, details): whether the candidate was blessed, by
+    which bounds, and what the Pusher did with it."""
+    checks = evaluation.checks if evaluation is not None else []
+    failed = [c for c in checks if not c.passed]
+    if run.blessed is None:
+        return False, "No blessing: the run stopped before the Evaluator, so nothing was pushed", []
+    details = []
+    if run.blessed:
+        if run.pushed:
+            headline = (f"Blessed and pushed: version {run.pushed_version} to "
+                        f"{run.pushed_destination}")
+        elif run.pushed is None:
+            headline = "Blessed, but not pushed: the run stopped before the Pusher"
+        else:
+            headline = "Blessed, but the Pusher did not push it"
+        # One line per bound: its tasks and slices.
+        passed = collections.defaultdict(list)
+        for c in checks:
+            passed[f"{c.metric} {c.bound}"].append(f"{c.task} ({c.slice})")
+        details.append(f"All {len(checks)} bounds passed: " + "; ".join(
+            f"{bound} on {', '.join(where)}" for bound, where in sorted(passed.items())))
+    else:
+        why = f"{len(failed)} of {len(checks)} bounds failed" if failed \
+            else "TFMA's validation failed, though no bound of the table did"
+        headline = f"NOT blessed, so not pushed: {why}"
+        details += [f"failed: {_describe_check(c)}" for c in failed]
+
+    if evaluation is not None and not _has_baseline(evaluation):
+        details.append("No last blessed model to compare with: change bounds were not "
+                       "applied (the first model is judged on absolute bounds only).")
+    return run.blessed, headline, details
 
 
 def text_table(evaluation: Optional[Evaluation], run: RunArtifacts, summary: dict) -> str:
@@ -384,13 +528,15 @@ def text_table(evaluation: Optional[Evaluation], run: RunArtifacts, summary: dic
         lines += [header, "-" * len(header)]
         for c in evaluation.checks:
             lines.append(f"{c.task:<12}{c.slice:<22}{c.metric:<20}{c.bound:<18}"
-                         f"{_fmt(c.candidate):>10}{_fmt(c.baseline):>10}{_fmt(c.value):>10}  "
-                         f"{'pass' if c.passed else 'FAIL'}")
+                         f"{_fmt(c.candidate, c.metric):>10}{_fmt(c.baseline, c.metric):>10}"
+                         f"{_fmt(c.value, c.metric):>10}  {'pass' if c.passed else 'FAIL'}")
         too_small = evaluation.gating.get("too_small") or []
         if too_small:
-            lines.append(f"not gated (under {evaluation.gating['min_slice_size']} examples): "
+            lines.append(f"not gated (under {evaluation.gating['min_slice_size']:,} examples): "
                          + ", ".join(too_small))
-    lines.append(f"blessed: {run.blessed}")
+    _, headline, details = verdict(evaluation, run)
+    lines.append(f"blessed: {run.blessed}: {headline}")
+    lines += [f"  {d}" for d in details]
     for split, problems in run.anomalies.items():
         lines += [f"anomaly [{split}] {p}" for p in problems]
     lines += [f"anomaly {a}" for a in summary.get("data_anomalies") or []]
@@ -413,56 +559,83 @@ _STYLE = """
 body { font-family: sans-serif; margin: 24px; color: #222; }
 table { border-collapse: collapse; margin: 8px 0 20px; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f0f0f0; }
 tr.pass td.result, td.pass { color: #1a7f37; font-weight: bold; }
 tr.fail { background: #ffe5e5; }
 .figures img { margin: 4px; border: 1px solid #eee; }
-.verdict { font-size: 18px; font-weight: bold; }
+.verdict { font-size: 18px; font-weight: bold; margin-bottom: 4px; }
 .blessed { color: #1a7f37; } .not-blessed { color: #b00020; }
 """
 
 
+def _metric_order(names: List[str]) -> List[str]:
+    """The bounded metric first, counts last, the rest by name between."""
+    return sorted(names, key=lambda m: (m not in ("auc", "mean_squared_error"),
+                                        m in COUNT_METRICS, m))
+
+
 def render_html(evaluation: Optional[Evaluation], run: RunArtifacts, summary: dict,
                 title: str) -> str:
-    """The report page: verdict, bounds per task and slice, plots, data
-    statistics and anomalies, lineage."""
+    """The report page, one <section> each: verdict, bounds per task and
+    slice, metrics and plots per task, data anomalies and statistics,
+    lineage."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
-    verdict = {True: ("blessed", "blessed: pushed if the Pusher ran"),
-               False: ("not-blessed", "NOT blessed: not pushed"),
-               None: ("not-blessed", "no blessing: the run stopped before the Evaluator")}
-    cls, text = verdict[run.blessed]
-    parts.append(f'<p class="verdict {cls}" id="verdict">{html.escape(text)}</p>')
+    blessed, headline, details = verdict(evaluation, run)
+    parts.append('<section id="section-verdict">')
+    parts.append(f'<p class="verdict {"blessed" if blessed else "not-blessed"}" id="verdict">'
+                 f"{html.escape(headline)}</p>")
+    if details:
+        parts.append('<ul id="verdict-details">'
+                     + "".join(f"<li>{html.escape(d)}</li>" for d in details) + "</ul>")
+    if summary.get("examples"):
+        parts.append("<p id='examples'>Examples: " + html.escape(", ".join(
+            f"{split} {n:,}" for split, n in sorted(summary["examples"].items()))) + "</p>")
     if summary.get("error"):
         parts.append(f"<p id='error'>run error: {html.escape(summary['error'])}</p>")
+    parts.append("</section>")
 
-    parts.append("<h2>Bounds per task and slice</h2>")
+    parts.append('<section id="section-bounds"><h2>Bounds per task and slice</h2>')
     if evaluation is None:
-        parts.append("<p>No evaluation.</p>")
+        parts.append("<p>No evaluation: the run stopped before the Evaluator.</p></section>")
     else:
         rows, classes = [], []
         for c in evaluation.checks:
-            rows.append([c.task, c.slice, c.metric, c.kind, c.bound, _fmt(c.candidate),
-                         _fmt(c.baseline), _fmt(c.value), "pass" if c.passed else "FAIL"])
+            rows.append([c.task, c.slice, c.metric, c.kind, c.bound, _fmt(c.candidate, c.metric),
+                         _fmt(c.baseline, c.metric), _fmt(c.value, c.metric),
+                         "pass" if c.passed else "FAIL"])
             classes.append("pass" if c.passed else "fail")
         parts.append(_table_html(["task", "slice", "metric", "bound kind", "bound", "candidate",
                                   "last blessed", "checked value", "result"], rows, classes,
                                  "bounds"))
         too_small = evaluation.gating.get("too_small") or []
         if too_small:
-            parts.append(f"<p>Slices under {evaluation.gating['min_slice_size']} eval examples, "
+            parts.append(f"<p>Slices under {evaluation.gating['min_slice_size']:,} eval examples, "
                          f"evaluated but not gated: {html.escape(', '.join(too_small))}</p>")
+        parts.append("</section>")
 
-        parts.append("<h2>Metrics per task and slice</h2>")
+        has_baseline = _has_baseline(evaluation)
+        parts.append('<section id="section-metrics"><h2>Metrics per task and slice</h2>')
+        if not has_baseline:
+            parts.append("<p>No last blessed model yet: the candidate's metrics only.</p>")
         for task in sorted({t for t, _ in evaluation.metrics}):
             slices = sorted((s for t, s in evaluation.metrics if t == task),
                             key=lambda s: (s != "overall", s))
-            names = sorted({m for s in slices for m, model in evaluation.metrics[(task, s)]
-                            if model == "" and not m.endswith("_diff")})
-            rows = [[s] + [f"{_fmt(evaluation.metrics[(task, s)].get((m, '')))} / "
-                           f"{_fmt(evaluation.metrics[(task, s)].get((m, BASELINE)))}"
-                           for m in names] for s in slices]
-            parts.append(f"<h3>{html.escape(task)} (candidate / last blessed)</h3>")
+            names = _metric_order(list({m for s in slices for m, model in
+                                        evaluation.metrics[(task, s)]
+                                        if model == "" and not m.endswith("_diff")}))
+
+            def cell(slice_name, metric):
+                values = evaluation.metrics[(task, slice_name)]
+                candidate = _fmt(values.get((metric, "")), metric)
+                if not has_baseline:
+                    return candidate
+                return f"{candidate} / {_fmt(values.get((metric, BASELINE)), metric)}"
+
+            rows = [[s] + [cell(s, m) for m in names] for s in slices]
+            parts.append(f"<h3>{html.escape(task)} (candidate / last blessed)</h3>"
+                         if has_baseline else f"<h3>{html.escape(task)}</h3>")
             parts.append(_table_html(["slice"] + names, rows, table_id=f"metrics-{task}"))
             figures = task_plots(evaluation, task)
             bounded = "auc" if any((m == "auc") for m in names) else "mean_squared_error"
@@ -472,20 +645,32 @@ def render_html(evaluation: Optional[Evaluation], run: RunArtifacts, summary: di
             parts.append('<div class="figures">' + "".join(
                 f'<img alt="{html.escape(task)} {kind}" data-plot="{kind}" src="{png}">'
                 for kind, png in figures.items()) + "</div>")
+        parts.append("</section>")
 
-    parts.append("<h2>Data: anomalies</h2>")
+    parts.append('<section id="section-anomalies"><h2>Data: anomalies</h2>')
     anomalies = [[split, p] for split, problems in run.anomalies.items() for p in problems]
     anomalies += [["gate", a] for a in summary.get("data_anomalies") or []]
     parts.append(_table_html(["where", "anomaly"], anomalies, table_id="anomalies")
-                 if anomalies else "<p id='anomalies'>No anomalies.</p>")
-    parts.append("<h2>Data: statistics</h2>")
-    if run.statistics_uri:
+                 if anomalies else "<p id='anomalies'>No anomalies: every split matched the "
+                                   "schema, and drift and skew were within their bounds.</p>")
+    parts.append("</section>")
+
+    parts.append('<section id="section-statistics"><h2>Data: statistics</h2>')
+    rows = statistics_rows(run.statistics_uri) if run.statistics_uri else []
+    if rows:
         parts.append(_table_html(["split", "feature", "type", "present", "missing", "summary"],
-                                 statistics_rows(run.statistics_uri), table_id="statistics"))
-    parts.append("<h2>Lineage</h2>")
+                                 rows, table_id="statistics"))
+    elif run.statistics_uri:
+        parts.append(f"<p>No feature statistics in {html.escape(run.statistics_uri)}.</p>")
+    else:
+        parts.append("<p>No statistics: the run stopped before StatisticsGen.</p>")
+    parts.append("</section>")
+
+    parts.append('<section id="section-lineage"><h2>Lineage</h2>')
     parts.append(_table_html(["role", "type", "artifact id", "uri"],
-                             [list(map(str, row)) for row in run.lineage], table_id="lineage"))
-    parts.append("</body></html>")
+                             [list(map(str, row)) for row in run.lineage], table_id="lineage")
+                 if run.lineage else "<p>No lineage: the run stopped before the Evaluator.</p>")
+    parts.append("</section></body></html>")
     return "".join(parts)
 
 
@@ -493,7 +678,7 @@ def write_report(work_dir: str, out: str) -> str:
     """Writes the HTML report of `work_dir`'s last run to `out`; returns the
     text table for the terminal."""
     run = load_run(work_dir)
-    summary_path = os.path.join(work_dir, SUMMARY_FILE)
+    summary_path = layout.summary_path(work_dir)
     summary = {}
     if os.path.exists(summary_path):
         with open(summary_path) as f:
@@ -515,7 +700,7 @@ def _data_schema(store):
     for schema in schemas:
         for event in store.get_events_by_artifact_ids([schema.id]):
             if (event.type == metadata_store_pb2.Event.OUTPUT
-                    and run_summary._node_id(store, event.execution_id) in SCHEMA_PRODUCERS):
+                    and metadata.node_id(store, event.execution_id) in SCHEMA_PRODUCERS):
                 return schema
     return None
 
@@ -523,14 +708,11 @@ def _data_schema(store):
 def export_schema(work_dir: str, out: str) -> str:
     """Copies the schema of the last run (inferred or imported) to `out`;
     returns the artifact URI it came from."""
-    path = os.path.join(work_dir, METADATA_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no ML Metadata at {path}: run `mtrank run` first")
-    store = run_summary.open_store(path)
+    store = metadata.open_store(work_dir)
     schema = _data_schema(store)
     if schema is None:
-        raise FileNotFoundError(f"no schema recorded in {path}: the last run stopped before "
-                                "SchemaGen")
+        raise FileNotFoundError(f"no schema recorded in {layout.metadata_path(work_dir)}: "
+                                "the last run stopped before SchemaGen")
     with open(os.path.join(schema.uri, "schema.pbtxt")) as f:
         text = f.read()
     with open(out, "w") as f:

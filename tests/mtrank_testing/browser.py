@@ -3,11 +3,12 @@ the page's scripts ran. `make test` installs Debian's chromium (the `browser`
 target); without it these tests fail, saying so, rather than skip."""
 from __future__ import annotations
 
+import html.parser
 import os
 import shutil
 import subprocess
 import tempfile
-from typing import Tuple
+from typing import List, Tuple
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
@@ -70,3 +71,62 @@ def distinct_colours(png_path: str) -> int:
     with Image.open(png_path) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     return len(colours) if colours is not None else 1 << 20
+
+
+class _Sections(html.parser.HTMLParser):
+    """Per <section id=...> of a page: its text outside headings, its
+    tables and how many body rows each has, and its images."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections = {}  # id: {"text": str, "tables": [rows], "images": int}
+        self._current = None
+        self._in_heading = self._in_tbody = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "section":
+            self._current = dict(attrs).get("id", f"section-{len(self.sections)}")
+            self.sections[self._current] = {"text": "", "tables": [], "images": 0}
+        elif self._current is None:
+            return
+        elif tag in ("h1", "h2", "h3"):
+            self._in_heading = True
+        elif tag == "table":
+            self.sections[self._current]["tables"].append(0)
+        elif tag == "tbody":
+            self._in_tbody = True
+        elif tag == "tr" and self._in_tbody:
+            self.sections[self._current]["tables"][-1] += 1
+        elif tag == "img":
+            self.sections[self._current]["images"] += 1
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._current = None
+        elif tag in ("h1", "h2", "h3"):
+            self._in_heading = False
+        elif tag == "tbody":
+            self._in_tbody = False
+
+    def handle_data(self, data):
+        if self._current is not None and not self._in_heading:
+            self.sections[self._current]["text"] += data.strip()
+
+
+def sections(dom: str) -> dict:
+    """{section id: {"text", "tables" (body rows of each), "images"}} of a page."""
+    parser = _Sections()
+    parser.feed(dom)
+    return parser.sections
+
+
+def empty_sections(dom: str) -> List[str]:
+    """The <section>s of a page a reader would find empty, each with why:
+    nothing under its heading, or a table without rows."""
+    empty = []
+    for name, content in sections(dom).items():
+        if not content["text"] and not content["images"]:
+            empty.append(f"{name}: nothing under its heading")
+        empty += [f"{name}: table {i} has no rows"
+                  for i, rows in enumerate(content["tables"]) if rows == 0]
+    return empty
