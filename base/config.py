@@ -26,6 +26,8 @@ import pydantic
 import yaml
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
+from mtrank.base import serving_contract
+
 # Names the pipeline itself writes into every example; features may not reuse them.
 USER_ID = "user_id"
 ITEM_ID = "item_id"
@@ -53,10 +55,6 @@ TABULAR_FORMATS = ("csv", "tfrecord")
 SPLIT_NAMES = ("train", "eval", "test")
 ARCHITECTURES = get_args(Architecture)
 LOSS_WEIGHTINGS = get_args(LossWeighting)
-# The fused output every scoring signature adds; FUSED_SCORE_OUTPUT when the
-# model already has an output named SCORE_OUTPUT (a task called "score").
-SCORE_OUTPUT = "score"
-FUSED_SCORE_OUTPUT = "fused_score"
 
 
 class ConfigError(ValueError):
@@ -193,7 +191,7 @@ class FeatureConfig(_Section):
     @property
     def default_value(self):
         """What a missing value becomes, the same in training and serving."""
-        return {"string": "", "int64": 0, "float": 0.0}[self.dtype]
+        return serving_contract.DTYPE_DEFAULTS[self.dtype]
 
 
 # Each task type's blessing bounds: (absolute, change).

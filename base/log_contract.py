@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any, Dict, Optional, Union
 
+from mtrank.base import serving_contract
+
 IMPRESSION = "impression"
 REQUIRED_STRING_FIELDS = ("type", "ts", "request_id", "user_id", "item_id")
 
@@ -81,7 +83,6 @@ class DeadLetter:
 
 
 _FRACTION = re.compile(r"\.(\d+)")
-INT64_MAX = 2 ** 63 - 1
 
 
 def parse_ts(value: str) -> int:
@@ -156,7 +157,7 @@ def parse_event(line: Union[str, bytes], source: str = "") -> Union[Event, DeadL
         position = obj.get("position")
         if position is not None and (
             not isinstance(position, int) or isinstance(position, bool)
-            or not 0 <= position <= INT64_MAX
+            or not 0 <= position <= serving_contract.INT64_MAX
         ):
             return dead(WRONG_TYPE, "'position' must be an integer in [0, 2^63)")
         if "features" not in obj:

@@ -43,6 +43,17 @@ DTYPE_DEFAULTS = {"string": "", "int64": 0, "float": 0.0}
 SHAPES = ("scalar", "list")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
+# The fused output every scoring signature adds beside the tasks' outputs;
+# FUSED_SCORE_OUTPUT when a task already has the name SCORE_OUTPUT.
+SCORE_OUTPUT = "score"
+FUSED_SCORE_OUTPUT = "fused_score"
+
+
+def fused_score_output(task_output_names) -> str:
+    """The name of the fused score beside these task outputs."""
+    return FUSED_SCORE_OUTPUT if SCORE_OUTPUT in task_output_names else SCORE_OUTPUT
+
+
 # GetModelMetadata's one metadata field, as TF Serving names it.
 SIGNATURE_DEF_FIELD = "signature_def"
 # A batch of serialized Examples easily exceeds gRPC's 4 MiB default, and TF

@@ -54,6 +54,14 @@ def impression_features(event: Mapping[str, Any]) -> Dict[str, Any]:
     return features
 
 
+
+def _fused_score_key(outputs) -> str:
+    """Which of a model's outputs is the fused score: fused_score exists only
+    when a task is named score."""
+    return (contract.FUSED_SCORE_OUTPUT if contract.FUSED_SCORE_OUTPUT in outputs
+            else contract.SCORE_OUTPUT)
+
+
 class DeadlineExceeded(TimeoutError):
     """A call of the client ran out of its time before the server answered."""
 
@@ -120,9 +128,7 @@ class ModelMetadata:
     def tasks(self) -> Tuple[str, ...]:
         """The outputs of serving_default other than the fused score."""
         outputs = set(self.signature_defs[contract.SERVING_DEFAULT].outputs)
-        fused = (signatures.FUSED_SCORE_OUTPUT if signatures.FUSED_SCORE_OUTPUT in outputs
-                 else signatures.SCORE_OUTPUT)
-        return tuple(sorted(outputs - {fused}))
+        return tuple(sorted(outputs - {_fused_score_key(outputs)}))
 
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -237,10 +243,7 @@ class RankingClient:
                batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """The fused ranking score of each candidate (sort by it, descending)."""
         outputs = self.predict(candidates, batch_size)
-        # fused_score only exists when a task is named score.
-        key = (signatures.FUSED_SCORE_OUTPUT if signatures.FUSED_SCORE_OUTPUT in outputs
-               else signatures.SCORE_OUTPUT)
-        return outputs.get(key, np.zeros(0, np.float32))
+        return outputs.get(_fused_score_key(outputs), np.zeros(0, np.float32))
 
     def _raw_tensors(self, chunk: Sequence[Features], deadline: float) -> Dict[str, Any]:
         if self._raw_inputs is None:

@@ -43,9 +43,6 @@ from mtrank.base import config as config_lib
 from mtrank.base import examples as examples_lib
 from mtrank.base import serving_contract as contract
 
-SCORE_OUTPUT = config_lib.SCORE_OUTPUT
-FUSED_SCORE_OUTPUT = config_lib.FUSED_SCORE_OUTPUT
-
 # The TensorFlow dtype of each of the serving contract's dtype names.
 TF_DTYPES = {"string": tf.string, "int64": tf.int64, "float": tf.float32}
 # Warmup example values: every feature set, so every lookup table and op runs.
@@ -73,7 +70,7 @@ class ScoreFormula:
 
     form: str
     weights: Mapping[str, float]
-    output: str = SCORE_OUTPUT
+    output: str = contract.SCORE_OUTPUT
 
     def check_outputs(self, outputs: Sequence[str]) -> None:
         for name in self.weights:
@@ -107,9 +104,8 @@ def score_formula(config: config_lib.Config) -> ScoreFormula:
     score = config.serving.score
     weights = score.weights or {name: 1.0 for name in binary_tasks(config)} or {
         t.name: 1.0 for t in config.tasks}
-    output = (config_lib.FUSED_SCORE_OUTPUT if SCORE_OUTPUT in config.output_names
-              else SCORE_OUTPUT)
-    return ScoreFormula(score.form, {k: float(v) for k, v in weights.items()}, output)
+    return ScoreFormula(score.form, {k: float(v) for k, v in weights.items()},
+                        contract.fused_score_output(config.output_names))
 
 
 def raw_to_parsed(inputs: Mapping[str, tf.Tensor], features: Sequence[RawFeature]
