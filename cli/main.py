@@ -1,26 +1,46 @@
-"""The `mtrank` command line (also `python -m pipeline`).
+"""The `mtrank` command line (also `python -m mtrank.cli`).
 
-Heavy modules (TensorFlow, TFX) are imported inside each command, so
-`mtrank simulate` and `mtrank --help` start quickly.
+Heavy modules (TensorFlow, TFX) are imported inside each command, after its
+arguments are checked, so `mtrank simulate`, `mtrank --help` and a bad config
+or a glob matching no logs answer quickly. The stack's known-harmless noise
+is hidden (cli/quiet.py) unless the command is given -v.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import os
+import re
 import sys
-import warnings
 from typing import List, Optional
 
+from mtrank.cli import quiet
+
+
+def _check_local_logs(log_glob: str) -> None:
+    """Raises FileNotFoundError (exit status 2) if a local glob matches no
+    file; remote ones (gs://...) are the runner's to read."""
+    from mtrank.base import log_files
+
+    if "://" in log_glob:
+        return
+    # Daily partitions' placeholders, as components.spans.any_span_glob
+    # replaces them (that module imports Beam and TFX).
+    log_files.expand_log_glob(re.sub(r"\{(YYYY|MM|DD)\}", "*", log_glob))
 
 
 def _load_or_infer_config(config_path: Optional[str], log_glob: str):
+    """The config at `config_path` (checked before anything heavy is
+    imported), else one inferred from the logs."""
     from mtrank.base import config as config_lib
-    from mtrank.pipeline import config_inference
 
     if config_path:
         return config_lib.load_config(config_path)
-    config = config_inference.infer_config(log_glob)
+    from mtrank.pipeline import config_inference
+
+    config = config_inference.infer_config(log_glob, explain=print)
     print(f"no --config: inferred {len(config.features)} features and tasks "
           f"{[t.name for t in config.tasks]} from the logs (see `mtrank init-config`)")
     return config
@@ -37,40 +57,60 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_init_config(args) -> int:
+    _check_local_logs(args.logs)
     from mtrank.base import config as config_lib
     from mtrank.pipeline import config_inference
 
-    config = config_inference.infer_config(args.logs, model_name=args.model_name)
+    config = config_inference.infer_config(args.logs, model_name=args.model_name,
+                                           explain=print)
     config_lib.save_config(config, args.out)
     print(f"wrote {args.out}: features {[f.name for f in config.features]}, "
           f"tasks {[t.name for t in config.tasks]}")
     return 0
 
 
-def _span_date(text: str) -> int:
-    """A --span date as a span number (days since 1970-01-01)."""
-    import datetime
+def cmd_config_schema(args) -> int:
+    from mtrank.base import config as config_lib
 
-    from mtrank.components import spans
+    text = json.dumps(config_lib.json_schema(), indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"wrote {args.out} (docs/config.md: pointing an editor at it)")
+    return 0
 
+
+def _date(text: str) -> datetime.date:
+    """A --span date (its span number is computed once the arguments are
+    checked: components.spans imports Beam and TFX)."""
     try:
-        return spans.span_of_date(datetime.date.fromisoformat(text))
+        return datetime.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
 
 
 def cmd_run(args) -> int:
+    _check_local_logs(args.logs)
+    config = _load_or_infer_config(args.config, args.logs)
+    from mtrank.base import layout
+    from mtrank.components import spans
     from mtrank.pipeline import local_runner
     from mtrank.reporting import run_summary
+    from mtrank.simulator import truth
 
-    config = _load_or_infer_config(args.config, args.logs)
     summary = local_runner.run(
         args.logs, args.work_dir, config, beam_pipeline_args=args.beam_arg or None,
         verbose=args.verbose, from_component=args.only or getattr(args, "from"),
-        to_component=args.only, span=args.span, schema_file=args.schema)
+        to_component=args.only,
+        span=spans.span_of_date(args.span) if args.span is not None else -1,
+        schema_file=args.schema)
+    if truth.add_truth_auc(summary, args.logs, config):
+        local_runner.write_summary(args.work_dir, summary)
     print()
     print(run_summary.format_table(summary))
-    print(f"summary: {os.path.join(args.work_dir, local_runner.SUMMARY_FILE)}")
+    print(f"summary: {layout.summary_path(args.work_dir)}")
     if summary["error"]:
         print(f"run failed: {summary['error']}", file=sys.stderr)
         return 1
@@ -78,9 +118,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_compile(args) -> int:
+    if not args.config:  # inferring the config reads the logs here
+        _check_local_logs(args.logs)
+    config = _load_or_infer_config(args.config, args.logs)
     from mtrank.kubeflow import runner
 
-    config = _load_or_infer_config(args.config, args.logs)
     beam_args = list(args.beam_arg or [])
     if args.dataflow_project:
         beam_args = runner.dataflow_beam_args(
@@ -136,24 +178,25 @@ def cmd_inspect(args) -> int:
 def cmd_demo(args) -> int:
     from mtrank.cli import demo
 
-    return demo.run_demo(args.work_dir, impressions=args.impressions, days=args.days)
+    return demo.run_demo(args.work_dir, impressions=args.impressions, days=args.days,
+                         verbose=args.verbose)
 
 
 def cmd_serve(args) -> int:
+    if bool(args.model_base) == bool(args.model_config_file):
+        raise ValueError("give --model-base or --model-config-file (one of them)")
+    if args.batching_parameters_file and not args.enable_batching:
+        raise ValueError("--batching-parameters-file needs --enable-batching")
+    if args.model_base and not os.path.isdir(args.model_base):
+        raise FileNotFoundError(f"--model-base {args.model_base!r} is not a directory")
     from mtrank.serving import kernels
 
     kernels.use_tf_serving_kernels()  # before TensorFlow is imported
     from mtrank.serving import server, server_config
 
-    if bool(args.model_base) == bool(args.model_config_file):
-        raise ValueError("give --model-base or --model-config-file (one of them)")
-    if args.batching_parameters_file and not args.enable_batching:
-        raise ValueError("--batching-parameters-file needs --enable-batching")
     if args.model_config_file:
         config = server_config.read_model_server_config(args.model_config_file)
     else:
-        if not os.path.isdir(args.model_base):
-            raise FileNotFoundError(f"--model-base {args.model_base!r} is not a directory")
         config = server_config.single_model_config(args.model_name, args.model_base)
     batching = None
     if args.enable_batching:
@@ -170,6 +213,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    _check_local_logs(args.logs)
     from mtrank.serving import client
 
     root_certificates = None
@@ -204,13 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="mtrank")
     p.set_defaults(func=cmd_init_config)
 
+    p = commands.add_parser("config-schema", help="the config's JSON Schema, for editors")
+    p.add_argument("--out", help="JSON file to write (default: stdout)")
+    p.set_defaults(func=cmd_config_schema)
+
     p = commands.add_parser("run", help="run the pipeline locally")
     p.add_argument("--logs", "--input", dest="logs", required=True, metavar="GLOB",
                    help="glob of log files; daily partitions as a glob with {YYYY}-{MM}-{DD} "
                         "(each run ingests one day and trains on the last "
                         "split.window_spans); or the CSV / TFRecord files (or their "
                         "directory) when the config's input.format is csv / tfrecord")
-    p.add_argument("--span", type=_span_date, default=-1, metavar="YYYY-MM-DD",
+    p.add_argument("--span", type=_date, metavar="YYYY-MM-DD",
                    help="with daily partitions: the day to ingest (default: the newest whose "
                         "following days, for late feedback, are present)")
     p.add_argument("--work-dir", required=True)
@@ -220,7 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the config's validation.schema); see `mtrank schema`")
     p.add_argument("--beam-arg", action="append",
                    help="Beam pipeline argument, repeatable (default --direct_num_workers=1)")
-    p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
     part = p.add_mutually_exclusive_group()
     part.add_argument("--only", metavar="COMPONENT",
                       help="run only this component, reusing the last run's upstream artifacts")
@@ -317,21 +364,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retries of a request answered UNAVAILABLE or RESOURCE_EXHAUSTED")
     p.add_argument("--tls-ca", help="PEM certificate(s) to verify a TLS server with")
     p.set_defaults(func=cmd_predict)
+
+    # On every command, whoever adds it: one flag that shows everything.
+    for command_parser in commands.choices.values():
+        command_parser.add_argument(
+            "-v", "--verbose", action="store_true",
+            help="show everything: TFX's own logs (mtrank run, demo) and the stack's "
+                 "known-harmless warnings, hidden by default (cli/quiet.py)")
     return parser
+
+
+@contextlib.contextmanager
+def _sys_argv_without_arguments():
+    """TFX's Beam executors parse sys.argv with absl's flags (known_only):
+    the command's arguments are not theirs, and absl reads `-v` as its
+    --verbosity, taking the next argument as its value."""
+    arguments, sys.argv[1:] = sys.argv[1:], []
+    try:
+        yield
+    finally:
+        sys.argv[1:] = arguments
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    # The Google Cloud client libraries TFX imports warn about Python 3.10 on
-    # every start; they are not actionable for a user of the CLI.
-    warnings.filterwarnings("ignore", category=FutureWarning)
     from mtrank.base.config import ConfigError
 
-    try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"mtrank {args.command}: {e}", file=sys.stderr)
-        return 2
+    with _sys_argv_without_arguments(), quiet.known_noise_filtered(enabled=not args.verbose):
+        try:
+            return args.func(args)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            print(f"mtrank {args.command}: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

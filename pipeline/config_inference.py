@@ -3,16 +3,19 @@
 
 Every impression feature becomes an input (strings -> categorical, numbers ->
 numeric, lists -> multivalent), `user_id` and `item_id` become hashed
-categorical ids, and every feedback type seen becomes one binary task. The
-few categorical features with the fewest values become the Evaluator's
+categorical ids, and every feedback type seen becomes one binary task; a
+feedback type seen (almost) only on impressions that also have a more common
+one becomes an ESMM funnel task on it (`depends_on`), and inference says so.
+The few categorical features with the fewest values become the Evaluator's
 slices (docs/validation.md#slices-of-an-inferred-config).
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Set
 
 from mtrank.base import log_contract, log_files
 from mtrank.components import spans
@@ -60,6 +63,16 @@ SLICE_MAX_DISTINCT = 8
 # inferred `min_slice_size` is this many over the rarest feedback's rate:
 # small runs report their slices without gating on them.
 SLICE_MIN_POSITIVES = 100
+# Feedback B becomes a funnel task on feedback A (`depends_on: A`) when at
+# least this share of the impressions labelled B are labelled A too. Not 1:
+# a few events joined to the wrong impression, or a parent arriving after
+# its window, must not hide a funnel; an independent B shows a share near
+# A's rate, far below this unless A is on almost every impression.
+FUNNEL_MIN_SHARE = 0.98
+# ... and only once at least this many impressions are labelled B: the
+# share's binomial standard error at 98% is then 1.4 points, and two stray
+# events are tolerated (with 49 or fewer, a single one fails the threshold).
+FUNNEL_MIN_IMPRESSIONS = 100
 
 
 def embedding_dim(cardinality: int) -> int:
@@ -152,6 +165,48 @@ def _feature_config(name: str, stats: _FeatureStats) -> Optional[config_lib.Feat
         name=name, kind="numeric", dtype=dtype, transform="log" if skewed else "zscore")
 
 
+@dataclasses.dataclass(frozen=True)
+class Funnel:
+    """Feedback `child` is seen (almost) only where `parent` is: the child's
+    task gets `depends_on` the parent's."""
+    child: str
+    parent: str
+    child_impressions: int
+    """Impressions labelled `child`."""
+    with_parent: int
+    """Of them, those labelled `parent` too."""
+
+    @property
+    def share(self) -> float:
+        return self.with_parent / self.child_impressions
+
+    def explanation(self) -> str:
+        child, parent = _task_name(self.child), _task_name(self.parent)
+        return (f"{child} depends_on {parent}: {self.share:.1%} of the "
+                f"{self.child_impressions:,} impressions with {self.child} had {self.parent} "
+                f"too; served: {child} = {parent} x {child}_given_{parent} (ESMM)")
+
+
+def infer_funnels(labelled: Dict[str, Set[tuple]]) -> Dict[str, Funnel]:
+    """The funnel of each feedback type that sits in one, by child, from the
+    impressions (keys) each type labels. A parent labels more impressions
+    than its child, so parents never form a cycle; of several parents
+    covering a child, the one labelling the fewest impressions: the tightest
+    funnel (purchase after add-to-cart rather than after click)."""
+    funnels = {}
+    for child, child_keys in labelled.items():
+        if len(child_keys) < FUNNEL_MIN_IMPRESSIONS:
+            continue
+        covering = [
+            Funnel(child, parent, len(child_keys), len(child_keys & parent_keys))
+            for parent, parent_keys in sorted(labelled.items())
+            if len(parent_keys) > len(child_keys)]
+        covering = [f for f in covering if f.share >= FUNNEL_MIN_SHARE]
+        if covering:
+            funnels[child] = min(covering, key=lambda f: len(labelled[f.parent]))
+    return funnels
+
+
 def label_window_s(delays_s: List[float]) -> int:
     """The smallest standard window covering WINDOW_QUANTILE of the delays."""
     if not delays_s:
@@ -161,9 +216,10 @@ def label_window_s(delays_s: List[float]) -> int:
     return next((w for w in STANDARD_WINDOWS_S if w >= covered), STANDARD_WINDOWS_S[-1])
 
 
-def infer_config_from_events(events: Iterable[log_contract.Event],
-                             model_name: str = "mtrank") -> config_lib.Config:
-    """Builds a config from valid events (dead letters are not looked at)."""
+def infer_config_from_events(events: Iterable[log_contract.Event], model_name: str = "mtrank",
+                             explain: Callable[[str], None] = logging.info) -> config_lib.Config:
+    """Builds a config from valid events (dead letters are not looked at);
+    `explain` gets one line per inferred funnel."""
     feature_stats: Dict[str, _FeatureStats] = collections.defaultdict(_FeatureStats)
     ids = {config_lib.USER_ID: set(), config_lib.ITEM_ID: set()}
     feedback_types = collections.Counter()
@@ -202,11 +258,22 @@ def infer_config_from_events(events: Iterable[log_contract.Event],
     for feedback, key, ts in feedback_ts:
         if key in impression_ts and ts >= impression_ts[key]:
             delays[feedback].append((ts - impression_ts[key]) / 1e6)
+    windows = {feedback: label_window_s(delays[feedback]) for feedback in feedback_types}
+    # The impressions each feedback type labels, as LogExampleGen will
+    # (within the task's window): the funnels are the labels' funnels.
+    labelled = {feedback: set() for feedback in feedback_types}
+    for feedback, key, ts in feedback_ts:
+        if key in impression_ts and 0 <= (ts - impression_ts[key]) / 1e6 <= windows[feedback]:
+            labelled[feedback].add(key)
+    funnels = infer_funnels(labelled)
     tasks = [
-        config_lib.TaskConfig(name=_task_name(feedback), feedback=feedback,
-                              label_window_s=label_window_s(delays[feedback]))
+        config_lib.TaskConfig(
+            name=_task_name(feedback), feedback=feedback, label_window_s=windows[feedback],
+            depends_on=_task_name(funnels[feedback].parent) if feedback in funnels else None)
         for feedback, _ in feedback_types.most_common()
     ]
+    for feedback in sorted(funnels):
+        explain(funnels[feedback].explanation())
     # Round-trip through validation so an inferred config obeys every rule a
     # hand-written one does.
     return config_lib.config_from_dict(config_lib.Config(
@@ -246,9 +313,11 @@ def _task_name(feedback: str) -> str:
 
 
 def infer_config(log_glob: str, model_name: str = "mtrank",
-                 sample_lines: int = DEFAULT_SAMPLE_LINES) -> config_lib.Config:
+                 sample_lines: int = DEFAULT_SAMPLE_LINES,
+                 explain: Callable[[str], None] = logging.info) -> config_lib.Config:
     """Reads up to `sample_lines` lines of the logs (of every day, for daily
-    partitions) and infers a config."""
+    partitions) and infers a config; `explain` gets one line per inferred
+    funnel (`print` for a person at a terminal)."""
     log_glob = spans.any_span_glob(log_glob)
 
     def events():
@@ -258,4 +327,4 @@ def infer_config(log_glob: str, model_name: str = "mtrank",
             if isinstance(event, log_contract.Event):
                 yield event
 
-    return infer_config_from_events(events(), model_name)
+    return infer_config_from_events(events(), model_name, explain)

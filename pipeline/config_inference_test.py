@@ -1,6 +1,7 @@
 """Tests of inferring a starting config from logs."""
 import gzip
 import json
+import logging
 
 import jsonschema
 import pytest
@@ -351,3 +352,88 @@ def test_no_low_cardinality_feature_means_no_slices(tmp_path):
     events = [_imp(i, {"price": float(i)}) for i in range(10)] + [_fb("click", 0)]
     config = ci.infer_config(_write(tmp_path / "l.gz", events))
     assert config.validation == config_lib.ValidationConfig()
+
+
+def _funnel_logs(tmp_path, feedback_on):
+    """Logs of 8 x FUNNEL_MIN_IMPRESSIONS impressions; `feedback_on` maps a
+    feedback type to the impression indices it occurs on."""
+    n = 8 * ci.FUNNEL_MIN_IMPRESSIONS
+    events = [_imp(i, {"device": ["m", "d"][i % 2]}) for i in range(n)]
+    events += [_fb(type_, i) for type_, indices in feedback_on.items() for i in indices
+               if i < n]
+    return _write(tmp_path / "l.gz", events)
+
+
+def _depends_on(config):
+    return {t.name: t.depends_on for t in config.tasks}
+
+
+EVERY_2ND, EVERY_8TH = range(0, 10_000, 2), range(0, 10_000, 8)
+
+
+def test_feedback_only_on_clicked_impressions_is_a_funnel_on_click(tmp_path):
+    config = ci.infer_config(_funnel_logs(tmp_path, {"click": EVERY_2ND,
+                                                     "purchase": EVERY_8TH}))
+    assert _depends_on(config) == {"click": None, "purchase": "click"}
+    assert config.output_names == ["click", "purchase", "purchase_given_click"]
+
+
+def test_feedback_independent_of_click_is_not_a_funnel(tmp_path):
+    # Every 3rd impression: half of them clicked.
+    config = ci.infer_config(_funnel_logs(tmp_path, {"click": EVERY_2ND,
+                                                     "share": range(0, 10_000, 3)}))
+    assert _depends_on(config) == {"click": None, "share": None}
+
+
+@pytest.mark.parametrize("funnel", [True, False])
+def test_a_few_stray_events_are_tolerated_and_no_more(tmp_path, funnel):
+    tolerated = round((1 - ci.FUNNEL_MIN_SHARE) * ci.FUNNEL_MIN_IMPRESSIONS)
+    strays = tolerated if funnel else tolerated + 1
+    # FUNNEL_MIN_IMPRESSIONS purchases, `strays` of them on unclicked impressions.
+    on_clicks = range(0, 8 * (ci.FUNNEL_MIN_IMPRESSIONS - strays), 8)
+    on_others = range(1, 8 * strays, 8)
+    config = ci.infer_config(_funnel_logs(tmp_path, {
+        "click": EVERY_2ND, "purchase": list(on_clicks) + list(on_others)}))
+    assert _depends_on(config)["purchase"] == ("click" if funnel else None)
+
+
+@pytest.mark.parametrize("purchases", [ci.FUNNEL_MIN_IMPRESSIONS, ci.FUNNEL_MIN_IMPRESSIONS - 1])
+def test_a_funnel_needs_enough_impressions_to_judge(tmp_path, purchases):
+    config = ci.infer_config(_funnel_logs(tmp_path, {"click": EVERY_2ND,
+                                                     "purchase": EVERY_8TH[:purchases]}))
+    enough = purchases >= ci.FUNNEL_MIN_IMPRESSIONS
+    assert _depends_on(config)["purchase"] == ("click" if enough else None)
+
+
+def test_the_tightest_covering_parent_is_chosen_and_funnels_chain(tmp_path):
+    # Every purchase is carted and clicked, every cart clicked; "view" is
+    # on every impression, so it covers them all too.
+    config = ci.infer_config(_funnel_logs(tmp_path, {
+        "view": range(10_000), "click": EVERY_2ND, "cart": range(0, 10_000, 4),
+        "purchase": EVERY_8TH}))
+    assert _depends_on(config) == {"view": None, "click": "view", "cart": "click",
+                                   "purchase": "cart"}
+    assert config.output_names[-3:] == ["click_given_view", "cart_given_click",
+                                        "purchase_given_cart"]
+
+
+def test_feedback_types_on_the_same_impressions_do_not_depend_on_each_other(tmp_path):
+    # Neither is rarer: either parent would make a cycle.
+    config = ci.infer_config(_funnel_logs(tmp_path, {"like": EVERY_8TH,
+                                                     "share": EVERY_8TH}))
+    assert _depends_on(config) == {"like": None, "share": None}
+
+
+def test_each_inferred_funnel_is_explained_with_its_share(tmp_path, caplog):
+    purchases = list(EVERY_8TH[:ci.FUNNEL_MIN_IMPRESSIONS - 1]) + [1]  # one not clicked
+    logs = _funnel_logs(tmp_path, {"click": EVERY_2ND, "purchase": purchases,
+                                   "add-to-cart": range(0, 10_000, 3)})
+    explained = []
+    ci.infer_config(logs, explain=explained.append)
+    assert explained == [
+        f"purchase depends_on click: 99.0% of the {ci.FUNNEL_MIN_IMPRESSIONS:,} impressions "
+        "with purchase had click too; served: purchase = click x purchase_given_click (ESMM)"]
+    # By default, the explanation is logged.
+    with caplog.at_level(logging.INFO):
+        ci.infer_config(logs)
+    assert explained[0] in caplog.messages
