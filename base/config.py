@@ -405,9 +405,11 @@ class TrainingConfig(_Section):
     """Trainer settings (docs/config.md#training)."""
 
     epochs: PositiveInt = 5
-    """Passes over the train split; the epoch with the lowest eval loss is kept."""
+    """Passes over the train split; the validation point with the lowest mean eval loss is kept."""
     early_stopping_patience: PositiveInt = 1
-    """Epochs without improvement of the eval loss before training stops."""
+    """Validations without improvement of the mean eval loss before training stops."""
+    validation_interval_steps: Optional[PositiveInt] = None
+    """Train steps between validations (unset: about 4 per pass, at least 100 steps apart)."""
     train_steps: Optional[PositiveInt] = None
     """Train for this many steps instead of epochs (the train data repeats as needed)."""
     eval_steps: Optional[PositiveInt] = None
@@ -485,6 +487,16 @@ class ModelConfig(_Section):
     """product (PAL: P(seen | position) x P(task | seen)) or additive (a position logit)."""
     max_position: PositiveInt = 20
     """Positions at or beyond max_position - 1 share one bucket."""
+    user_item_dot: bool = False
+    """The user_id . item_id embedding dot product, beside the cross layers and in every logit."""
+    fm_interaction: bool = False
+    """The factorization-machine pairwise term over all features, likewise."""
+    embedding_l2: NonNegativeFloat = 0.0
+    """L2 on the id embedding rows each example looks up (frequent ids get more of it)."""
+    embedding_dropout: Fraction = 0.0
+    """Dropout on the looked-up id embeddings, in training only."""
+    embedding_learning_rate_multiplier: PositiveFloat = 1.0
+    """The id embedding tables' learning rate over training.learning_rate (Adam / AdamW)."""
 
     @_check
     def _fields_fit_choices(self):
@@ -672,6 +684,15 @@ class Config(_Section):
                     f"task {name} is a regression; a weighted_product multiplies "
                     "probabilities (use form: weighted_sum)")
         categorical = sorted(f.name for f in self.features if f.kind == "categorical")
+        if self.model.user_item_dot:
+            missing = [name for name in (USER_ID, ITEM_ID) if name not in categorical]
+            if missing:
+                yield ("model", "user_item_dot"), (
+                    f"needs {missing} as categorical feature(s) (the dot product is of the "
+                    f"user's and the item's id embeddings); categorical features: {categorical}")
+        if self.model.fm_interaction and len(self.features) < 2:
+            yield ("model", "fm_interaction"), ("needs at least two features (it is the sum of "
+                                                "their pairwise interactions)")
         for i, keys in enumerate(self.validation.slices):
             for key in keys:
                 if key not in categorical:

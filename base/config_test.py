@@ -299,7 +299,8 @@ def test_every_problem_is_reported_on_its_own_line():
         "features[price].kind: must be 'categorical', 'numeric' or 'multivalent' (got 'dense')",
         "training.batch_size: must be > 0 (got 0)",
         "training: unknown field 'colour'; known: ['epochs', 'early_stopping_patience', "
-        "'train_steps', 'eval_steps', 'batch_size', 'learning_rate', 'bottom_units', "
+        "'validation_interval_steps', 'train_steps', 'eval_steps', 'batch_size', "
+        "'learning_rate', 'bottom_units', "
         "'tower_units', 'seed', 'gpus', 'gpu_type', 'mixed_precision', 'lr_schedule', "
         "'warmup_steps', 'weight_decay', 'ema_momentum', 'checkpoint_dir']"]
 
@@ -941,3 +942,29 @@ def test_importing_the_config_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_user_item_dot_needs_user_and_item_ids_as_categorical_features():
+    raw = _raw()
+    raw["model"] = {"user_item_dot": True, "fm_interaction": True, "embedding_l2": 1e-4,
+                    "embedding_dropout": 0.1, "embedding_learning_rate_multiplier": 0.3}
+    assert config_lib.config_from_dict(raw).model.user_item_dot
+    raw["features"] = [f for f in raw["features"] if f["name"] != "item_id"]
+    assert _error(raw) == (
+        "model.user_item_dot: needs ['item_id'] as categorical feature(s) (the dot product is "
+        "of the user's and the item's id embeddings); categorical features: "
+        "['country', 'user_id']")
+
+
+def test_id_regularisers_are_off_by_default_and_bounded():
+    model = config_lib.ModelConfig()
+    assert (model.user_item_dot, model.fm_interaction, model.embedding_l2,
+            model.embedding_dropout, model.embedding_learning_rate_multiplier) == (
+                False, False, 0.0, 0.0, 1.0)
+    raw = _raw()
+    raw["model"] = {"embedding_dropout": 1.0, "embedding_learning_rate_multiplier": 0.0,
+                    "embedding_l2": -1.0}
+    assert _error(raw).splitlines() == [
+        "model.embedding_l2: must be >= 0.0 (got -1.0)",
+        "model.embedding_dropout: must be < 1.0 (got 1.0)",
+        "model.embedding_learning_rate_multiplier: must be > 0.0 (got 0.0)"]

@@ -79,7 +79,7 @@ CELLS = [
         "context.run(components['Transform'])\n"
         "context.run(components['Trainer'])"),
     new_code_cell(
-        "# The training curve: per-epoch losses and AUCs from the Trainer's TensorBoard logs.\n"
+        "# The training curve: losses and AUCs per validation, by step (TensorBoard logs).\n"
         "run_dir = components['Trainer'].outputs['model_run'].get()[0].uri\n"
         "rows = []\n"
         "for phase in ('train', 'validation'):\n"
@@ -87,10 +87,10 @@ CELLS = [
         "        for event in tf.compat.v1.train.summary_iterator(path):\n"
         "            for value in event.summary.value:\n"
         "                if value.tag.startswith('epoch_'):\n"
-        "                    rows.append({'phase': phase, 'epoch': event.step, "
+        "                    rows.append({'phase': phase, 'step': event.step, "
         "'metric': value.tag[6:],\n"
         "                                 'value': float(tf.make_ndarray(value.tensor))})\n"
-        "curve = pd.DataFrame(rows).pivot_table(index=['phase', 'epoch'], columns='metric', "
+        "curve = pd.DataFrame(rows).pivot_table(index=['phase', 'step'], columns='metric', "
         "values='value')\n"
         "curve"),
     new_markdown_cell("## Evaluation per task, blessing and push"),

@@ -2,14 +2,24 @@
 Transform output and export it with the serving signatures.
 
 `train_model` is the training half on its own (input, distribution, mixed
-precision, learning-rate schedule, early stopping, checkpoints and resume,
-TensorBoard), which the benchmarks call to score models without exporting.
+precision, learning-rate schedule, validation inside the epoch with early
+stopping, checkpoints and resume, TensorBoard), which the benchmarks call to
+score models without exporting.
+
+Validation inside the epoch: CTR models learn most in their first pass over
+the data, and then their id embeddings memorise (the one-epoch phenomenon,
+Zhang et al., CIKM 2022), so the best point is often inside the first pass,
+where validating at epoch ends cannot find it. `fit` therefore runs over the
+repeated train data in "Keras epochs" of `validation_interval` steps: Keras's
+per-epoch validation, early stopping (which keeps the best point's weights),
+checkpoints and TensorBoard scalars all work per validation point.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from typing import Dict, Optional, Sequence, Tuple
@@ -28,6 +38,16 @@ from mtrank.trainer.model import MultiTaskRankingModel
 from mtrank.trainer.weight_averaging import WeightAveraging
 
 CHECKPOINTS_DIR = "checkpoints"
+
+# The automatic validation interval: this many validations per pass over the
+# train split, but never more often than every MIN_VALIDATION_INTERVAL_STEPS
+# steps, so that data of a few hundred batches (and the tests' tiny data) is
+# validated once per pass, as at epoch ends.
+VALIDATIONS_PER_PASS = 4
+MIN_VALIDATION_INTERVAL_STEPS = 100
+# The early-stopping monitor: the plain mean of the tasks' eval losses
+# (`val_` + this in the logs).
+MEAN_TASK_LOSS = "mean_task_loss"
 
 
 def input_fn(file_pattern, data_accessor, tf_transform_output, config: config_lib.Config,
@@ -179,6 +199,61 @@ def _count_batches(dataset: tf.data.Dataset) -> int:
     return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
+def validation_interval(training: config_lib.TrainingConfig, steps_per_pass: int,
+                        validation_steps: int) -> int:
+    """Train steps between two validations: `training.validation_interval_steps`,
+    or VALIDATIONS_PER_PASS evenly spaced per pass over the train split
+    (`steps_per_pass` batches), never closer than MIN_VALIDATION_INTERVAL_STEPS
+    nor than `validation_steps`, the batches one validation evaluates, and at
+    least once per pass.
+
+    Every validation scores as much eval data (the whole eval split, or
+    `eval_steps` batches of it), not a smaller subset inside the epoch than
+    at its end, so that the points early stopping compares are alike; its
+    cost is bounded by the spacing instead: an eval step costs
+    about a third of a train step (no backward pass), so validations at
+    least `validation_steps` apart take at most about a quarter of the time.
+    """
+    if training.validation_interval_steps:
+        return training.validation_interval_steps
+    shortest = max(MIN_VALIDATION_INTERVAL_STEPS, validation_steps)
+    points = min(VALIDATIONS_PER_PASS, max(1, steps_per_pass // shortest))
+    return math.ceil(steps_per_pass / points)
+
+
+class MeanTaskLoss(tf.keras.callbacks.Callback):
+    """Adds `mean_task_loss` and `val_mean_task_loss` to the epoch logs: the
+    plain mean of the tasks' `<task>_loss`, which early stopping monitors.
+
+    Not `total_loss`, the sum weighted by tasks[].loss_weight: loss weights
+    trade the tasks off in the gradient, and should not also move the point
+    the run keeps. Must come before the callbacks that read it (History,
+    which Keras appends last, included).
+    """
+
+    def __init__(self, task_names: Sequence[str]):
+        super().__init__()
+        self.task_names = list(task_names)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for prefix in ("", "val_"):
+            losses = [logs.get(f"{prefix}{name}_loss") for name in self.task_names]
+            if all(loss is not None for loss in losses):
+                logs[prefix + MEAN_TASK_LOSS] = float(sum(float(x) for x in losses) / len(losses))
+
+
+class StepAxisTensorBoard(tf.keras.callbacks.TensorBoard):
+    """TensorBoard whose per-validation scalars (`epoch_<metric>`, train and
+    validation) are at the optimizer's step count, not at the index of the
+    validation point: the curve's x-axis is training steps, whatever the
+    interval, and goes on across a resume."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(int(self.model.optimizer.iterations.read_value()), logs)
+
+
 def train_model(fn_args: tfx.components.FnArgs, config: Optional[config_lib.Config] = None,
                 strategy: Optional[tf.distribute.Strategy] = None,
                 extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ()
@@ -198,17 +273,27 @@ def train_model(fn_args: tfx.components.FnArgs, config: Optional[config_lib.Conf
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     strategy = strategy or distribution_strategy()
     batch_size = training.batch_size * strategy.num_replicas_in_sync
-    fixed_steps = bool(fn_args.train_steps)
+    # The train data repeats: each Keras epoch is one validation interval,
+    # which need not end where a pass over the data does.
     train_ds = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
-                        config, batch_size, repeat=fixed_steps)
+                        config, batch_size, repeat=True)
     eval_ds = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                        config, batch_size, repeat=bool(fn_args.eval_steps))
-
-    epochs = min(training.epochs, fn_args.train_steps) if fixed_steps else training.epochs
-    steps_per_epoch = max(1, fn_args.train_steps // epochs) if fixed_steps else None
-    total_steps = None
-    if training.lr_schedule == "cosine":
-        total_steps = epochs * (steps_per_epoch or _count_batches(train_ds))
+    interval = training.validation_interval_steps
+    steps_per_pass = None
+    if not (interval and fn_args.train_steps):
+        steps_per_pass = _count_batches(input_fn(
+            fn_args.train_files, fn_args.data_accessor, tf_transform_output, config,
+            batch_size, repeat=False))
+    if not interval:
+        interval = validation_interval(training, steps_per_pass,
+                                       fn_args.eval_steps or _count_batches(eval_ds))
+    planned_steps = fn_args.train_steps or training.epochs * steps_per_pass
+    steps_per_validation = min(interval, planned_steps)
+    validations = math.ceil(planned_steps / steps_per_validation)
+    total_steps = validations * steps_per_validation
+    logging.info("training %d steps, validating every %d steps (%d validations)",
+                 total_steps, steps_per_validation, validations)
     policy = precision_policy(config, bool(tf.config.list_logical_devices("GPU")))
     with _dtype_policy(policy), strategy.scope():
         model = build_model(config, learning_rate(training, total_steps))
@@ -218,17 +303,23 @@ def train_model(fn_args: tfx.components.FnArgs, config: Optional[config_lib.Conf
 
     history = model.fit(
         train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
+        epochs=validations,
+        steps_per_epoch=steps_per_validation,
         validation_data=eval_ds,
         validation_steps=fn_args.eval_steps,
         callbacks=[
             tf.keras.callbacks.BackupAndRestore(checkpoint_dir(fn_args, config)),
             *([WeightAveraging(training.ema_momentum)] if training.ema_momentum else []),
+            MeanTaskLoss([t.name for t in config.tasks]),
+            # Its best weights are the model's at the validation: with
+            # ema_momentum the averages (WeightAveraging puts them in place
+            # for the validation), every ensemble member's. It restores them
+            # at the end of training, stopped early or not: the model
+            # exported is the best point's.
             tf.keras.callbacks.EarlyStopping(
-                monitor="val_total_loss", patience=training.early_stopping_patience,
+                monitor="val_" + MEAN_TASK_LOSS, patience=training.early_stopping_patience,
                 restore_best_weights=True),
-            tf.keras.callbacks.TensorBoard(
+            StepAxisTensorBoard(
                 log_dir=_own_dir(fn_args.model_run_dir, strategy), update_freq="epoch"),
             *model.training_callbacks(),
             *extra_callbacks,

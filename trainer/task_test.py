@@ -15,6 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_transform as tft
 from tfx.types import artifact_utils, standard_artifacts
 
 from mtrank.base import config as config_lib
@@ -23,6 +24,8 @@ from mtrank_testing import trainer_util as tu
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = 240
+# The train split's 4/5 of ROWS in TRAINING's batches of 16.
+STEPS_PER_PASS = 12
 TRAINING = {"batch_size": 16, "epochs": 3, "early_stopping_patience": 3, "learning_rate": 0.01,
             "bottom_units": [16], "tower_units": [8], "seed": 1}
 
@@ -132,10 +135,106 @@ def test_interrupted_training_resumes_from_next_epoch_on_its_schedule(inputs, tm
     assert tf.io.gfile.glob(os.path.join(rerun_args.model_run_dir, "train", "events.*"))
     assert tf.io.gfile.glob(os.path.join(rerun_args.model_run_dir, "validation", "events.*"))
 
-    # The cosine schedule over the whole run (2 epochs of counted batches):
-    # part-way down after epoch 0, at 0 at the end.
+    # The cosine schedule over the whole run (2 passes of counted batches):
+    # part-way down after epoch 0; the last step's rate is the schedule's
+    # last before 0 (0.01 x (1 + cos(pi x 19/20)) / 2 after 4 warmup steps).
+    assert second.steps[-1] == 2 * STEPS_PER_PASS
     assert 0.001 < first.learning_rates[0] < 0.009
-    assert second.learning_rates[-1] == pytest.approx(0.0, abs=1e-6)
+    assert second.learning_rates[-1] == pytest.approx(6.156e-5, rel=1e-3)
+
+
+def test_automatic_validation_interval_follows_the_data_size():
+    automatic = _config().training
+    # Tiny data (the tests'): once per pass, as at epoch ends.
+    assert task_lib.validation_interval(automatic, 12, 3) == 12
+    # 2M examples in batches of 256, an eval split of 800 batches: 4 per pass.
+    assert task_lib.validation_interval(automatic, 7813, 800) == 1954
+    # 250 batches: as often as MIN_VALIDATION_INTERVAL_STEPS allows, evenly.
+    assert task_lib.MIN_VALIDATION_INTERVAL_STEPS == 100
+    assert task_lib.validation_interval(automatic, 250, 10) == 125
+    # A large eval split: never closer than one validation's batches.
+    assert task_lib.validation_interval(automatic, 7813, 3000) == 3907
+    configured = _config(validation_interval_steps=7).training
+    assert task_lib.validation_interval(configured, 7813, 800) == 7
+
+
+def test_mean_task_loss_is_the_unweighted_mean_of_the_task_losses():
+    logs = {"click_loss": 0.2, "purchase_loss": 0.4, "dwell_loss": 1.5, "total_loss": 1.75,
+            "val_click_loss": 0.3, "val_purchase_loss": 0.6, "val_dwell_loss": 2.1}
+    task_lib.MeanTaskLoss(["click", "purchase", "dwell"]).on_epoch_end(0, logs)
+    assert logs["mean_task_loss"] == pytest.approx(0.7)
+    assert logs["val_mean_task_loss"] == pytest.approx(1.0)
+
+
+def _eval_mean_task_loss(model, fn_args, config):
+    """The mean over tasks of the eval split's task losses, for the model's
+    current weights."""
+    eval_ds = task_lib.input_fn(fn_args.eval_files, fn_args.data_accessor,
+                                tft.TFTransformOutput(fn_args.transform_graph_path), config,
+                                config.training.batch_size, repeat=False)
+    logs = model.evaluate(eval_ds, return_dict=True, verbose=0)
+    return float(np.mean([logs[f"{t.name}_loss"] for t in config.tasks]))
+
+
+def _scalar_steps(log_dir, tag):
+    steps = []
+    for path in tf.io.gfile.glob(os.path.join(log_dir, "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            steps.extend(event.step for value in event.summary.value if value.tag == tag)
+    return sorted(steps)
+
+
+class _DamageWeightsFrom(tf.keras.callbacks.Callback):
+    """Adds noise to every trained weight at the start of each interval
+    from `first`: the eval loss of the validations after it is worse than
+    before, as when a model starts to memorise."""
+
+    def __init__(self, first):
+        super().__init__()
+        self._first = first
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self._first:
+            for weight in self.model.trainable_variables:
+                weight.assign_add(tf.random.stateless_normal(weight.shape, seed=[epoch, 0]))
+
+
+def test_validates_every_interval_and_keeps_the_best_points_averaged_weights(inputs, tmp_path):
+    config = tu.small_config(
+        training={**TRAINING, "epochs": 3, "validation_interval_steps": 4,
+                  "early_stopping_patience": 9, "learning_rate": 0.05, "ema_momentum": 0.5},
+        model={"ensemble_size": 2})
+    fn_args = _fn_args(inputs, str(tmp_path), config)
+    validations = 3 * STEPS_PER_PASS // 4
+    model, history = task_lib.train_model(
+        fn_args, config, extra_callbacks=[_DamageWeightsFrom(validations - 2)])
+
+    losses = history.history["val_mean_task_loss"]
+    assert len(losses) == validations
+    assert int(model.optimizer.iterations) == 3 * STEPS_PER_PASS
+    np.testing.assert_allclose(losses, np.mean(
+        [history.history[f"val_{t.name}_loss"] for t in config.tasks], axis=0), rtol=1e-6)
+    # The curve: one point per validation, at its training step.
+    validation_steps = list(range(4, 3 * STEPS_PER_PASS + 1, 4))
+    for phase in ("train", "validation"):
+        assert _scalar_steps(os.path.join(fn_args.model_run_dir, phase),
+                             "epoch_mean_task_loss") == validation_steps
+    # The model (the one exported) has the best point's weights, not the
+    # last point's: the averaged weights of both members.
+    best = int(np.argmin(losses))
+    assert best < validations - 2, losses
+    assert _eval_mean_task_loss(model, fn_args, config) == pytest.approx(losses[best], rel=1e-5)
+
+
+def test_stops_when_the_mean_eval_loss_stops_improving(inputs, tmp_path):
+    config = _config(epochs=5, validation_interval_steps=4, early_stopping_patience=2)
+    _, history = task_lib.train_model(_fn_args(inputs, str(tmp_path), config), config,
+                                      extra_callbacks=[_DamageWeightsFrom(6)])
+    losses = history.history["val_mean_task_loss"]
+    best = int(np.argmin(losses))
+    # Stopped `patience` validations after the best, long before the 15 planned.
+    assert best <= 5
+    assert len(losses) == best + 1 + 2, losses
 
 
 def test_checkpoint_dir_differs_for_another_config_and_follows_config(inputs, tmp_path):
