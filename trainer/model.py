@@ -1,8 +1,9 @@
 """The multi-task ranking model, composed from the config:
 
 `model.ensemble_size` TaskNetworks (trainer/network.py: features ->
-FeatureEmbedding -> [DCN-v2 cross layers] -> body, the `model.architecture`
--> one tower per task) -> one TFRS ranking task per task, whose losses the
+FeatureEmbedding -> [DCN-v2 cross layers, user . item and FM interactions]
+-> body, the `model.architecture` -> one tower per task, the interactions
+also added to each logit) -> one TFRS ranking task per task, whose losses the
 `model.loss_weighting` strategy adds up (trainer/loss_weighting.py).
 
 Tasks may hang off a binary parent task: `condition` masks the task's loss
@@ -93,6 +94,7 @@ class MultiTaskRankingModel(tfrs.Model):
         self.ranking_tasks = {t.name: _ranking_task(t) for t in self._config_tasks}
         self.task_metrics = {t.name: _task_metric(t) for t in self._config_tasks}
         self.loss_weighting = build_loss_weighting(config)
+        self._embedding_l2 = model.embedding_l2
         # tfrs reports each step's loss; these are each task's mean loss over
         # every example of the epoch (that the task is defined on), which is
         # what logs and early stopping compare.
@@ -183,17 +185,32 @@ class MultiTaskRankingModel(tfrs.Model):
 
     def _loss_and_task_losses(self, inputs: Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]],
                               training: bool) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
-        """compute_loss's loss and the task losses it adds up: the one loss
-        path, which `fit`'s steps take as the tests do (train_step keeps the
-        task losses, which GradNorm differentiates one by one)."""
+        """compute_loss's loss (the weighted task losses, plus the id
+        embedding L2 penalty when configured) and the task losses: the one
+        loss path, which `fit`'s steps take as the tests do (train_step keeps
+        the task losses, which GradNorm differentiates one by one)."""
         task_losses = self.task_losses(inputs, training=training)
-        return self.loss_weighting(task_losses), task_losses
+        loss = self.loss_weighting(task_losses)
+        if self._embedding_l2:
+            loss += self.embedding_penalty(inputs[0])
+        return loss, task_losses
+
+    def embedding_penalty(self, features: Dict[str, tf.Tensor]) -> tf.Tensor:
+        """`model.embedding_l2` x the mean over the global batch of each
+        example's squared id embedding rows (this replica's share, as each
+        task loss is), averaged over the members as the task losses are, so
+        each member is penalised as it would be alone. Outside the task
+        losses: the loss weighting does not scale it and the logged `loss`
+        does not include it, so epochs compare on the task losses."""
+        norms = [member.embedding_squared_norms(features) for member in self.members]
+        examples = sum_over_replicas(tf.cast(tf.shape(norms[0])[0], tf.float32))
+        return self._embedding_l2 * _mean([tf.reduce_sum(n) for n in norms]) / examples
 
     def compute_loss(self, inputs: Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]],
                      training: bool = False) -> tf.Tensor:
         """The loss `fit` minimises: the task losses added up by the
-        `model.loss_weighting` strategy (this replica's share, as each task
-        loss is). Updates the metrics."""
+        `model.loss_weighting` strategy, plus the id embedding L2 penalty
+        (this replica's share, as each task loss is). Updates the metrics."""
         return self._loss_and_task_losses(inputs, training)[0]
 
     def training_callbacks(self) -> List[tf.keras.callbacks.Callback]:
@@ -219,8 +236,12 @@ class MultiTaskRankingModel(tfrs.Model):
     # own step scales through optimizer.minimize), and GradNorm needs each
     # task's gradient. Both steps: tfrs logs this step's loss as `loss` and
     # `total_loss`, which would hide the epoch means of `_logs` that early
-    # stopping compares (`val_total_loss`). tfrs also adds the regularisation
-    # losses; the model has none (weight decay is AdamW's).
+    # stopping compares (`val_total_loss`). tfrs also adds Keras's
+    # regularisation losses (`self.losses`); the model adds none (weight
+    # decay is AdamW's, and `model.embedding_l2` is added by
+    # `_loss_and_task_losses`, explicitly rather than through a layer's
+    # add_loss, whose list one layer object keeps for all the replicas of a
+    # MirroredStrategy step).
 
     def train_step(self, inputs):
         weighting = self.loss_weighting

@@ -404,7 +404,24 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     gn_weight_diff = max(float(np.abs(a - b).max()) for a, b in zip(
         gn_mirrored.get_weights(), gn_single.get_weights()))
 
+    # The id embedding L2 penalty on the uneven batch: each replica's share
+    # is over the global batch, like the task losses'.
+    l2_config = tu.small_config(model={"embedding_l2": 0.5})
+    with strategy.scope():
+        l2_mirrored = MultiTaskRankingModel(l2_config)
+        l2_mirrored(features)
+    l2_single = MultiTaskRankingModel(l2_config)
+    l2_single(features)
+    l2_single.set_weights(l2_mirrored.get_weights())
+
+    @tf.function(autograph=False)
+    def l2_step(inputs):
+        penalties = strategy.run(lambda i: l2_mirrored.embedding_penalty(i[0]), args=(inputs,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, penalties, axis=None)
+
     print(json.dumps({
+        "l2_mirrored_penalty": float(l2_step(odd_inputs)),
+        "l2_single_penalty": float(l2_single.embedding_penalty(odd[0])),
         "gn_weight_diff": gn_weight_diff,
         "gn_task_weights": gn_single.loss_weighting.weights_var.numpy().tolist(),
         "gn_mirrored_task_weights": [
@@ -617,8 +634,73 @@ def test_mirrored_conditional_mmoe_uncertainty_loss_equals_single_device(mirrore
         mirrored_result["cond_single_loss"], rel=1e-5)
 
 
+def test_mirrored_embedding_penalty_equals_single_device_on_uneven_batch(mirrored_result):
+    assert mirrored_result["l2_single_penalty"] > 0
+    assert mirrored_result["l2_mirrored_penalty"] == pytest.approx(
+        mirrored_result["l2_single_penalty"], rel=1e-5)
+
+
 def test_mirrored_gradnorm_step_equals_single_device(mirrored_result):
     weights = mirrored_result["gn_task_weights"]
     assert not np.allclose(weights, 1.0)  # the step moved the task weights
     np.testing.assert_allclose(mirrored_result["gn_mirrored_task_weights"], weights, rtol=1e-5)
     assert mirrored_result["gn_weight_diff"] <= 1e-5
+
+
+def _squared_id_rows(member, features):
+    """Each example's sum of squared id embedding rows, from the tables."""
+    total = np.zeros(int(features["user_id"].shape[0]))
+    for name in ("user_id", "item_id", "category", "tags", "seen_items"):
+        table = member.embedding._embeddings[name].embeddings.numpy()
+        ids = features[name].numpy().reshape(len(total), -1)
+        rows = np.sum(table[ids] ** 2, axis=-1) * (ids != features_lib.PADDING_ID
+                                                   if name in ("tags", "seen_items") else 1)
+        total += rows.sum(axis=1)
+    return total
+
+
+def test_embedding_l2_adds_exactly_its_penalty_to_the_loss():
+    """l2 x the batch mean of each example's squared id rows, averaged over
+    the ensemble's members; the logged loss stays the task losses'."""
+    plain = MultiTaskRankingModel(tu.small_config(model={"ensemble_size": 2}))
+    model = MultiTaskRankingModel(tu.small_config(model={"ensemble_size": 2,
+                                                         "embedding_l2": 0.3}))
+    features, labels = tu.random_batch_with_labels(model_config := tu.small_config(), BATCH)
+    assert model_config.model.embedding_l2 == 0.0
+    plain(features)
+    model(features)
+    model.set_weights(plain.get_weights())
+    penalty = float(model.compute_loss((features, labels))) - float(
+        plain.compute_loss((features, labels)))
+    expected = 0.3 * np.mean([_squared_id_rows(m, features).mean() for m in model.members])
+    assert expected > 0
+    assert penalty == pytest.approx(expected, rel=1e-4)
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+    plain.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+    logged = [m.fit(tf.data.Dataset.from_tensors((features, labels)), verbose=0)
+              .history["loss"][0] for m in (_eager(model), _eager(plain))]
+    assert logged[0] == pytest.approx(logged[1], rel=1e-6)
+
+
+def test_interactions_and_id_regularisers_train_a_step_and_export(tmp_path):
+    config = tu.small_config(model={
+        "user_item_dot": True, "fm_interaction": True, "embedding_l2": 0.01,
+        "embedding_dropout": 0.2, "embedding_learning_rate_multiplier": 0.1,
+        "cross_layers": 1})
+    model = _eager(task_lib.build_model(config))
+    features, labels = _batch(config)
+    before = model(features)["click"].numpy()
+    history = model.fit(tf.data.Dataset.from_tensors((features, labels)), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    served = model(features)
+    assert not np.allclose(served["click"].numpy(), before)  # the step changed the model
+    spec = {name: tf.TensorSpec([None, *value.shape[1:]], value.dtype, name=name)
+            for name, value in features.items()}
+    predict = tf.function(lambda f: model(f, training=False))
+    tf.saved_model.save(model, str(tmp_path),
+                        signatures=predict.get_concrete_function(spec))
+    loaded = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    exported = loaded(**features)
+    for task in config.tasks:
+        np.testing.assert_allclose(exported[task.name].numpy(), served[task.name].numpy(),
+                                   rtol=1e-5)
