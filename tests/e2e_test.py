@@ -1,9 +1,11 @@
 """End to end: simulated logs -> `mtrank run` (twice, sharing MLMD; the second
-time on logs whose click feedback is noise, which the Evaluator must stop) ->
+time on logs whose click feedback is noise, which the Evaluator must stop, and
+on Beam's portable runner) ->
 `mtrank report` rendered in headless Chromium -> `mtrank serve` on a loopback
 port -> Predict through the stock TF Serving stubs, and `mtrank predict`."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from mtrank_testing import browser as browser_testing
+from mtrank.base import config as config_lib
 from mtrank.base import examples
 from mtrank.pipeline import config_inference
 from mtrank.reporting import metadata, report
@@ -26,14 +29,34 @@ from mtrank.simulator import logs as simulator
 from mtrank.serving import client
 
 MTRANK = [sys.executable, "-m", "mtrank.cli"]
+# The `mtrank` command with one addition: Beam's PortableRunner logger at INFO,
+# on stdout between the run's progress lines. The PortableRunner logs each
+# job's state changes there as the job service reports them; the DirectRunner
+# has no job service and logs none.
+MTRANK_LOGGING_PORTABLE_JOBS = [sys.executable, "-c", (
+    "import logging, sys\n"
+    "log = logging.getLogger('apache_beam.runners.portability.portable_runner')\n"
+    "log.setLevel(logging.INFO)\n"
+    "log.addHandler(logging.StreamHandler(sys.stdout))\n"
+    "from mtrank.cli.main import main\n"
+    "sys.exit(main(sys.argv[1:]))")]
+PORTABLE_JOB_DONE = "Job state changed to DONE"
+# Beam's portable runner with an embedded job server and the SDK harness in
+# the launching process: the Job API that the Flink and Spark runners speak
+# (docs/scaling.md), with no cluster.
+PORTABLE_RUNNER_ARGS = ["--beam-arg=--runner=PortableRunner", "--beam-arg=--job_endpoint=embed",
+                        "--beam-arg=--environment_type=LOOPBACK"]
+BEAM_COMPONENTS = ("LogExampleGen", "StatisticsGen", "Transform", "Evaluator")
 SCHEMA = os.path.join(os.path.dirname(__file__), "..", "pipeline", "schemas", "simulator.pbtxt")
 # Click's AUC floor. On these logs (fixed seeds) the first model reaches
-# about 0.544 and the model of noise clicks about 0.520; runs repeat these to
+# about 0.539 and the model of noise clicks about 0.519 (trainer of
+# 2026-12-03: validation inside the epoch, early stopping on the mean task
+# loss; it was 0.544 and 0.520 before); runs repeat these to
 # about 0.002. With 980 eval examples (74 clicks) a noise model's AUC varies
 # by about 0.035 between seeds, so no floor is far from both: the floor sits
 # halfway, and a trainer change that moves the first model's AUC (the first
 # assertion of the second-run test prints both) may need it moved.
-CLICK_MIN_AUC = 0.532
+CLICK_MIN_AUC = 0.529
 
 
 def _free_port() -> int:
@@ -42,8 +65,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(MTRANK + args, capture_output=True, text=True, timeout=900, **kwargs)
+def _run(args, command=MTRANK, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command + args, capture_output=True, text=True, timeout=900, **kwargs)
     assert result.returncode == 0, f"mtrank {args[0]} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -51,9 +74,12 @@ def _run(args, **kwargs) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def pipeline_runs(tmp_path_factory):
     """Two runs of the pipeline on the same work dir, as a user would make,
-    with the curated simulator schema: the first on simulated logs, the second
-    on the same logs with every click moved to a random impression (a
-    logging bug). Then `mtrank report` on the work dir."""
+    with the curated simulator schema: the first on simulated logs, on the
+    default DirectRunner; the second on the same logs with every click moved
+    to a random impression (a logging bug), on Beam's portable runner
+    (PORTABLE_RUNNER_ARGS: the Job API of Flink and Spark, in process). Both
+    runs log the portable runner's job states. Then `mtrank report` on the
+    work dir."""
     root = tmp_path_factory.mktemp("e2e")
     logs, shuffled = root / "logs", root / "logs_click_shuffled"
     simulate = ["simulate", "--impressions", "4000", "--days", "4", "--seed", "3"]
@@ -69,8 +95,12 @@ def pipeline_runs(tmp_path_factory):
         if task["name"] == "click":
             task["eval"]["min_auc"] = CLICK_MIN_AUC
     # CLICK_MIN_AUC sits between the AUCs of the shared bottom trained on
-    # these logs and on the shuffled ones, so the test pins that model.
+    # these logs and on the shuffled ones, so the test pins that model, with
+    # independent tasks: the inferred funnel (dwell depends_on click) trains
+    # click on dwell's labels too, which moved click to 0.530 here.
     config["model"] = {"architecture": "shared_bottom"}
+    for task in config["tasks"]:
+        task.pop("depends_on", None)
     config["validation"] = {"slices": [["device"]], "min_slice_size": 250,
                             "drift": {"device": 0.2, "item_price": 0.2},
                             "skew": {"device": 0.2, "country": 0.2}}
@@ -78,9 +108,10 @@ def pipeline_runs(tmp_path_factory):
     config_path.write_text(yaml.safe_dump(config))
     work = root / "work"
     run = ["run", "--work-dir", str(work), "--config", str(config_path), "--schema", SCHEMA]
-    first = _run(run + ["--logs", log_glob])
+    first = _run(run + ["--logs", log_glob], command=MTRANK_LOGGING_PORTABLE_JOBS)
     first_summary = json.loads((work / "run_summary.json").read_text())
-    second = _run(run + ["--logs", str(shuffled / simulator.EVENT_FILE_GLOB)])
+    second = _run(run + ["--logs", str(shuffled / simulator.EVENT_FILE_GLOB)]
+                  + PORTABLE_RUNNER_ARGS, command=MTRANK_LOGGING_PORTABLE_JOBS)
     second_summary = json.loads((work / "run_summary.json").read_text())
     reported = _run(["report", "--work-dir", str(work), "--out", str(root / "report.html")])
     return {"root": root, "logs": logs, "work": work, "config": config,
@@ -142,6 +173,36 @@ def test_second_run_on_noise_clicks_is_not_blessed_and_names_click(pipeline_runs
     assert second["slices"]["gated"] and all(
         second["slices"]["sizes"][s] >= 250 for s in second["slices"]["gated"])
     assert all(second["slices"]["sizes"][s] < 250 for s in second["slices"]["too_small"])
+
+
+def _lines_per_component(stdout: str) -> dict:
+    """component -> what the run printed between its start and its end lines."""
+    lines, current = {}, None
+    for line in stdout.splitlines():
+        started = re.fullmatch(r"\[\d+/\d+\] (\w+) \.\.\.", line)
+        if started:
+            current = started.group(1)
+            lines[current] = []
+        elif re.match(r"\[\d+/\d+\] \w+ done in ", line):
+            current = None
+        elif current:
+            lines[current].append(line)
+    return lines
+
+
+def test_second_run_ran_every_beam_job_through_the_portable_runner(pipeline_runs):
+    first = _lines_per_component(pipeline_runs["first_stdout"])
+    second = _lines_per_component(pipeline_runs["second_stdout"])
+    # The DirectRunner's run submitted no job to a job service.
+    assert not any(PORTABLE_JOB_DONE in line for lines in first.values() for line in lines)
+    for component in BEAM_COMPONENTS:
+        assert any(PORTABLE_JOB_DONE in line for line in second[component]), \
+            (component, second[component])
+    assert not any(PORTABLE_JOB_DONE in line for component, lines in second.items()
+                   if component not in BEAM_COMPONENTS for line in lines)
+    # The same impressions, ingested and split as on the DirectRunner.
+    assert pipeline_runs["second"]["examples"] == pipeline_runs["first"]["examples"]
+    assert pipeline_runs["second"]["impressions"] == pipeline_runs["first"]["impressions"]
 
 
 def test_data_gate_compared_the_second_run_with_the_first_runs_statistics(pipeline_runs):
@@ -234,14 +295,15 @@ def test_predict_through_stock_stubs(served):
                   for e in impressions]
     stub = prediction_service_pb2_grpc.PredictionServiceStub(served["channel"])
     response = stub.Predict(_predict_request(serialized), timeout=30)
-    tasks = {t["name"] for t in served["config"]["tasks"]}
-    # One output per task, and the fused ranking score (serving.score).
-    assert set(response.outputs) == tasks | {"score"}
-    for task in tasks:
-        scores = tf.make_ndarray(response.outputs[task])
+    outputs = config_lib.config_from_dict(served["config"]).output_names
+    # One output per task (and P(task | parent) per funnel task, which this
+    # test's config drops), and the fused ranking score (serving.score).
+    assert set(response.outputs) == set(outputs) | {"score"}
+    for output in outputs:
+        scores = tf.make_ndarray(response.outputs[output])
         assert scores.shape == (len(serialized),)
-        assert np.all((scores >= 0) & (scores <= 1)), task
-        assert np.std(scores) > 0, f"{task}: every example got the same score"
+        assert np.all((scores >= 0) & (scores <= 1)), output
+        assert np.std(scores) > 0, f"{output}: every example got the same score"
     assert response.model_spec.version.value == served["first"]["pushed_version"] or \
         response.model_spec.version.value == served["second"]["pushed_version"]
 

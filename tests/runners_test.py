@@ -9,7 +9,8 @@ tests cannot drift apart:
     and the options a job server would receive are what the doc says;
   - the portable Job API itself runs the ingestion in process (embedded job
     server), and so does the DirectRunner in multi-processing mode, both with
-    the same examples as the in-memory DirectRunner.
+    the same examples as the in-memory DirectRunner. (tests/e2e_test.py runs
+    the whole pipeline through the same embedded job server once.)
 """
 import glob
 import json
@@ -112,7 +113,8 @@ def in_memory_outputs(logs, tmp_path_factory):
 
 
 def test_doc_has_every_runner_block():
-    assert {"dataflow", "flink", "spark", "external", "direct-multi"} <= set(COMMANDS)
+    assert {"dataflow", "flink", "spark", "external", "portable-embedded",
+            "direct-multi"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -278,9 +280,10 @@ def test_portable_pipeline_and_options(logs, tmp_path, name):
 def test_portable_job_api_runs_ingestion(logs, tmp_path, in_memory_outputs):
     """The Job API path of Flink and Spark (prepare, stage artifacts, run),
     against Beam's embedded job server: same examples as in memory."""
+    args = _beam_args("portable-embedded")
+    assert _flag(args, "job_endpoint") == "embed"
     out = str(tmp_path / "out")
-    pipeline = beam.Pipeline(options=PipelineOptions([
-        "--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]))
+    pipeline = beam.Pipeline(options=PipelineOptions(args))
     _ingestion(pipeline, *logs, out)
     pipeline.run().wait_until_finish()
     assert _read_outputs(out) == in_memory_outputs
