@@ -95,6 +95,12 @@ NOISY_STDERR_LINES = (
     # optional GPU inference optimizer that mtrank does not use.
     _CPP_LOG_PREFIX + rb"W tensorflow/compiler/tf2tensorrt/utils/py_utils\.cc:\d+\] "
     rb"TF-TRT Warning: Could not find TensorRT\Z",
+    # gRPC's C core, at INFO, when the demo's server stops while its client
+    # channel is still open: the server's GOAWAY frame closes the idle
+    # connection, as a server shutdown should.
+    rb"I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ chttp2_transport\.cc:\d+\] \S+: Got goaway \[\d+\] "
+    rb"err=UNAVAILABLE:GOAWAY received; Error code: \d+; Debug Text: Cancelling all calls"
+    rb"( \{[^}]*\})?\Z",
 )
 
 # TensorFlow's C++ INFO lines at import (cpu_feature_guard's "This TensorFlow

@@ -10,6 +10,9 @@ CUFFT_LINE = (b"2026-12-03 17:27:40.503141: E external/local_xla/xla/stream_exec
               b"factory for plugin cuFFT when one has already been registered")
 TRT_LINE = (b"2026-12-03 17:35:12.145519: W tensorflow/compiler/tf2tensorrt/utils/"
             b"py_utils.cc:38] TF-TRT Warning: Could not find TensorRT")
+GOAWAY_LINE = (b"I1203 18:47:17.126909   11082 chttp2_transport.cc:1403] ipv4:127.0.0.1:34677: "
+               b"Got goaway [2] err=UNAVAILABLE:GOAWAY received; Error code: 2; Debug Text: "
+               b"Cancelling all calls {http2_error:2}")
 
 
 def _python(code: str, stdin: bytes = b"", without_env=()) -> subprocess.CompletedProcess:
@@ -26,7 +29,7 @@ def test_listed_stderr_lines_are_dropped_and_every_other_byte_passes_in_order():
     for i, line in enumerate(real):
         written.append(line)
         if i % 100 == 0:
-            written += [CUFFT_LINE, TRT_LINE]
+            written += [CUFFT_LINE, TRT_LINE, GOAWAY_LINE]
     # The same noise line with anything before or after it is not the noise.
     altered = [b"prefix " + CUFFT_LINE, TRT_LINE + b" and more"]
     stream = b"\n".join(written + altered) + b"\nno newline at the end"
