@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from mtrank.base import config as config_lib
 from mtrank.base import examples
+from mtrank_testing.example_util import feature_kinds
 
 CONFIG = config_lib.config_from_dict({
     "model_name": "m",
@@ -23,15 +24,6 @@ CONFIG = config_lib.config_from_dict({
 
 def _feature(name):
     return CONFIG.feature(name)
-
-
-def kinds(example):
-    """{feature: (kind, values)} of a tf.Example, for comparing mappings."""
-    result = {}
-    for name, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        result[name] = (kind, list(getattr(feature, kind).value))
-    return result
 
 
 # --- feature_values: a config feature's dtype --------------------------------
@@ -134,7 +126,7 @@ def test_set_feature_writes_an_empty_list_of_the_feature_kind():
     example = tf.train.Example()
     examples.set_feature(example.features.feature, "cats", "int64", [])
     examples.set_feature(example.features.feature, "price", "float", [2.0])
-    assert kinds(example) == {"cats": ("int64_list", []), "price": ("float_list", [2.0])}
+    assert feature_kinds(example) == {"cats": ("int64_list", []), "price": ("float_list", [2.0])}
 
 
 # --- example_from_json: a JSON object ---------------------------------------------
@@ -153,12 +145,12 @@ def test_set_feature_writes_an_empty_list_of_the_feature_kind():
     ([1, 2.5], ("float_list", [1.0, 2.5])),
 ])
 def test_example_from_json_maps_types(value, expected):
-    assert kinds(examples.example_from_json({"f": value})) == {"f": expected}
+    assert feature_kinds(examples.example_from_json({"f": value})) == {"f": expected}
 
 
 @pytest.mark.parametrize("value", [None, []])
 def test_example_from_json_omits_features_without_value(value):
-    assert kinds(examples.example_from_json({"f": value, "g": 1})) == {
+    assert feature_kinds(examples.example_from_json({"f": value, "g": 1})) == {
         "g": ("int64_list", [1])}
 
 
@@ -185,7 +177,7 @@ def test_example_from_json_converts_to_the_given_dtypes():
     example = examples.example_from_json(
         {"price": 3, "age": 4.0, "tags": [b"raw", "text"], "other": 1.5},
         {"price": "float", "age": "int64", "tags": "string"})
-    assert kinds(example) == {
+    assert feature_kinds(example) == {
         "price": ("float_list", [3.0]), "age": ("int64_list", [4]),
         "tags": ("bytes_list", [b"raw", b"text"]), "other": ("float_list", [1.5])}
 

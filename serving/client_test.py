@@ -14,15 +14,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from mtrank.base import examples
 from mtrank.serving import client
 from mtrank_testing import serving_util as testing_util
-
-
-def kinds(example):
-    """{feature: (kind, values)} of a tf.Example, for comparing mappings."""
-    result = {}
-    for name, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        result[name] = (kind, list(getattr(feature, kind).value))
-    return result
+from mtrank_testing.example_util import feature_kinds
 
 
 def impression(request_id, item_id, user_id="u1", **features):
@@ -34,7 +26,7 @@ def test_impression_request_adds_ids_and_leaves_out_position():
     event = impression("r1", "i9", user_id="u5", item_price=2.0, item_tags=["x"])
 
     [serialized] = tf.make_ndarray(client.examples_tensor([client.impression_features(event)]))
-    assert kinds(tf.train.Example.FromString(serialized)) == {
+    assert feature_kinds(tf.train.Example.FromString(serialized)) == {
         "user_id": ("bytes_list", [b"u5"]),
         "item_id": ("bytes_list", [b"i9"]),
         "item_price": ("float_list", [2.0]),

@@ -19,36 +19,54 @@ from mtrank.base.counts import LINES_READ
 from mtrank.components import bucketed_join, ingest, spans
 
 
-def run_ingestion(input_glob: str, out_dir: str, config: config_lib.Config,
-                  span_input: Optional[spans.SpanInput] = None) -> dict:
-    """Runs LogsToExamples; returns {"train", "eval": [bytes], "dead_letters":
-    [dict], "counts": dict}."""
-    with beam.Pipeline() as p:
-        outputs = p | ingest.LogsToExamples(input_glob, config, span_input)
-        for split in ingest.SPLITS:
+def _write_outputs(outputs, out_dir: str, name: str) -> None:
+    """Writes one pipeline's (or one pass's) outputs as `{output}-{name}*` text
+    files: examples base64-encoded, dead letters and counts as JSON lines."""
+    for split in ingest.SPLITS:
+        if split in outputs:
             (outputs[split]
              | f"B64{split}" >> beam.Map(lambda b: base64.b64encode(b).decode())
-             | f"Write{split}" >> beam.io.WriteToText(os.path.join(out_dir, split)))
-        outputs["dead_letters"] | "WriteDead" >> beam.io.WriteToText(
-            os.path.join(out_dir, "dead"))
-        outputs["counts"] | "WriteCounts" >> beam.io.WriteToText(
-            os.path.join(out_dir, "counts"))
+             | f"Write{split}" >> beam.io.WriteToText(os.path.join(out_dir, f"{split}-{name}")))
+    outputs["dead_letters"] | "WriteDead" >> beam.io.WriteToText(
+        os.path.join(out_dir, f"dead-{name}"))
+    outputs["counts"] | "WriteCounts" >> beam.io.WriteToText(
+        os.path.join(out_dir, f"counts-{name}"))
 
-    def lines(name):
+
+def _read_outputs(out_dir: str) -> dict:
+    """What _write_outputs wrote under out_dir, every pass together: {"train",
+    "eval": [bytes], "dead_letters": [dict], "counts": dict (summed), "count_records":
+    how many counts records the passes wrote}."""
+
+    def lines(output):
         result = []
-        for path in sorted(glob.glob(os.path.join(out_dir, name + "*"))):
+        for path in sorted(glob.glob(os.path.join(out_dir, f"{output}-*"))):
             with open(path, encoding="utf-8") as f:
                 result.extend(line.rstrip("\n") for line in f)
         return result
 
-    counts = lines("counts")
-    assert len(counts) == 1, counts
+    count_records = [json.loads(line) for line in lines("counts")]
+    counts = collections.Counter()
+    for record in count_records:
+        counts.update(record)
     return {
         "train": [base64.b64decode(x) for x in lines("train")],
         "eval": [base64.b64decode(x) for x in lines("eval")],
         "dead_letters": [json.loads(x) for x in lines("dead")],
-        "counts": json.loads(counts[0]),
+        "counts": dict(counts),
+        "count_records": len(count_records),
     }
+
+
+def run_ingestion(input_glob: str, out_dir: str, config: config_lib.Config,
+                  span_input: Optional[spans.SpanInput] = None) -> dict:
+    """Runs LogsToExamples in one pipeline; returns {"train", "eval": [bytes],
+    "dead_letters": [dict], "counts": dict}."""
+    with beam.Pipeline() as p:
+        _write_outputs(p | ingest.LogsToExamples(input_glob, config, span_input), out_dir, "all")
+    outputs = _read_outputs(out_dir)
+    assert outputs.pop("count_records") == 1  # one pipeline counts once
+    return outputs
 
 
 def file_line_count(pattern: str) -> int:
@@ -75,41 +93,16 @@ def assert_lines_conserved(counts: dict, dead_letters: list) -> None:
 
 def run_bucketed(input_glob: str, out_dir: str, max_pass_records: int,
                  config: config_lib.Config, span_input: Optional[spans.SpanInput] = None):
-    """Like run_ingestion, through bucketed_join.run; returns (passes, outputs)."""
-
-    def write_outputs(outputs, name):
-        for split in ingest.SPLITS:
-            if split in outputs:
-                (outputs[split]
-                 | f"B64{split}" >> beam.Map(lambda b: base64.b64encode(b).decode())
-                 | f"Write{split}" >> beam.io.WriteToText(os.path.join(out_dir, f"{split}-{name}")))
-        outputs["dead_letters"] | "WriteDead" >> beam.io.WriteToText(
-            os.path.join(out_dir, f"dead-{name}"))
-        outputs["counts"] | "WriteCounts" >> beam.io.WriteToText(
-            os.path.join(out_dir, f"counts-{name}"))
-
+    """Like run_ingestion, through bucketed_join.run; returns (passes, outputs)
+    with the passes' counts summed."""
     scratch = os.path.join(out_dir, "scratch")
     passes = bucketed_join.run(beam.Pipeline, input_glob, config, span_input,
-                               write_outputs, scratch, max_pass_records)["passes"]
+                               lambda outputs, name: _write_outputs(outputs, out_dir, name),
+                               scratch, max_pass_records)["passes"]
     assert not os.path.exists(scratch)  # the buckets are removed
-
-    def lines(prefix):
-        result = []
-        for path in sorted(glob.glob(os.path.join(out_dir, prefix + "*"))):
-            with open(path, encoding="utf-8") as f:
-                result.extend(line.rstrip("\n") for line in f)
-        return result
-
-    counts = {}
-    for line in lines("counts-"):
-        for key, value in json.loads(line).items():
-            counts[key] = counts.get(key, 0) + value
-    return passes, {
-        "train": [base64.b64decode(x) for x in lines("train-")],
-        "eval": [base64.b64decode(x) for x in lines("eval-")],
-        "dead_letters": [json.loads(x) for x in lines("dead-")],
-        "counts": counts,
-    }
+    outputs = _read_outputs(out_dir)
+    del outputs["count_records"]
+    return passes, outputs
 
 
 def assert_same_ingestion(bucketed: dict, reference: dict) -> None:
