@@ -1,4 +1,4 @@
-"""Tests of pipeline/eval_config.py: the TFMA EvalConfig made from the config."""
+"""Tests of components/eval_config.py: the TFMA EvalConfig made from the config."""
 import pytest
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_specs

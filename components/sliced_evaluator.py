@@ -1,7 +1,7 @@
 """SlicedEvaluator: the TFX Evaluator, with each task's bounds applied to the
 slices that are large enough to judge.
 
-TFMA cannot make a bound depend on a slice's size (see pipeline/eval_config.py),
+TFMA cannot make a bound depend on a slice's size (see components/eval_config.py),
 but it can restrict a bound to listed slices. The slices and their sizes are
 only known once the eval split exists, so this executor counts them (on Beam,
 as the Evaluator reads the same examples), lists the large ones in the bounds

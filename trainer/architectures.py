@@ -4,7 +4,7 @@ A body maps the embedded features to each task's tower input
 ({task name: [batch, units]}) and names its `shared_variables` (the last
 layer every task shares, where GradNorm measures gradients). A new
 architecture is a new module with such a layer, one entry here and its name
-in pipeline.config.ARCHITECTURES.
+in base/config.py's ARCHITECTURES.
 """
 from __future__ import annotations
 
