@@ -407,7 +407,7 @@ class TrainingConfig(_Section):
     epochs: PositiveInt = 5
     """Passes over the train split; the validation point with the lowest mean eval loss is kept."""
     early_stopping_patience: PositiveInt = 1
-    """Validations without improvement of the mean eval loss before training stops."""
+    """Passes over the train split without improvement of the mean eval loss before training stops."""
     validation_interval_steps: Optional[PositiveInt] = None
     """Train steps between validations (unset: about 4 per pass, at least 100 steps apart)."""
     train_steps: Optional[PositiveInt] = None

@@ -221,6 +221,24 @@ def validation_interval(training: config_lib.TrainingConfig, steps_per_pass: int
     return math.ceil(steps_per_pass / points)
 
 
+def patience_in_validations(training: config_lib.TrainingConfig, steps_per_pass: Optional[int],
+                            steps_per_validation: int) -> int:
+    """Validations without improvement before training stops:
+    `early_stopping_patience` passes over the train split (validations, when
+    the split is not counted: `train_steps` with `validation_interval_steps`).
+
+    Counted in passes, because inside the first pass the eval loss is noisy: on
+    200k simulated impressions with 4 validations a pass, a patience of one
+    validation stopped PLE three quarters into the first pass (eval click AUC
+    0.6353 there) and kept the half-pass point, 0.6085, where validating only at
+    pass ends had given 0.6389 (benchmarks/simulator.py, seed 0;
+    docs/benchmarks.md).
+    """
+    if steps_per_pass is None:
+        return training.early_stopping_patience
+    return training.early_stopping_patience * math.ceil(steps_per_pass / steps_per_validation)
+
+
 class MeanTaskLoss(tf.keras.callbacks.Callback):
     """Adds `mean_task_loss` and `val_mean_task_loss` to the epoch logs: the
     plain mean of the tasks' `<task>_loss`, which early stopping monitors.
@@ -317,7 +335,8 @@ def train_model(fn_args: tfx.components.FnArgs, config: Optional[config_lib.Conf
             # at the end of training, stopped early or not: the model
             # exported is the best point's.
             tf.keras.callbacks.EarlyStopping(
-                monitor="val_" + MEAN_TASK_LOSS, patience=training.early_stopping_patience,
+                monitor="val_" + MEAN_TASK_LOSS,
+                patience=patience_in_validations(training, steps_per_pass, steps_per_validation),
                 restore_best_weights=True),
             StepAxisTensorBoard(
                 log_dir=_own_dir(fn_args.model_run_dir, strategy), update_freq="epoch"),

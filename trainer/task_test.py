@@ -227,14 +227,23 @@ def test_validates_every_interval_and_keeps_the_best_points_averaged_weights(inp
 
 
 def test_stops_when_the_mean_eval_loss_stops_improving(inputs, tmp_path):
-    config = _config(epochs=5, validation_interval_steps=4, early_stopping_patience=2)
+    config = _config(epochs=5, validation_interval_steps=4, early_stopping_patience=1)
     _, history = task_lib.train_model(_fn_args(inputs, str(tmp_path), config), config,
                                       extra_callbacks=[_DamageWeightsFrom(6)])
     losses = history.history["val_mean_task_loss"]
     best = int(np.argmin(losses))
-    # Stopped `patience` validations after the best, long before the 15 planned.
+    # Stopped one pass (3 validations of 4 of its 12 steps) after the best,
+    # long before the 15 planned.
     assert best <= 5
-    assert len(losses) == best + 1 + 2, losses
+    assert len(losses) == best + 1 + 3, losses
+
+
+def test_patience_counts_passes_over_the_train_split():
+    training = _config(early_stopping_patience=2).training
+    assert task_lib.patience_in_validations(training, 12, 4) == 6
+    assert task_lib.patience_in_validations(training, 12, 12) == 2  # once a pass
+    assert task_lib.patience_in_validations(training, 7813, 1954) == 8  # 4 a pass
+    assert task_lib.patience_in_validations(training, None, 50) == 2  # split not counted
 
 
 def test_checkpoint_dir_differs_for_another_config_and_follows_config(inputs, tmp_path):
