@@ -409,7 +409,7 @@ class TrainingConfig(_Section):
     early_stopping_patience: PositiveInt = 1
     """Passes over the train split without improvement of the mean eval loss before training stops."""
     validation_interval_steps: Optional[PositiveInt] = None
-    """Train steps between validations (unset: about 4 per pass, at least 100 steps apart)."""
+    """Train steps between validations (unset: once per pass over the train split)."""
     train_steps: Optional[PositiveInt] = None
     """Train for this many steps instead of epochs (the train data repeats as needed)."""
     eval_steps: Optional[PositiveInt] = None

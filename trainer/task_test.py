@@ -143,19 +143,12 @@ def test_interrupted_training_resumes_from_next_epoch_on_its_schedule(inputs, tm
     assert second.learning_rates[-1] == pytest.approx(6.156e-5, rel=1e-3)
 
 
-def test_automatic_validation_interval_follows_the_data_size():
+def test_validation_interval_is_one_pass_unless_configured():
     automatic = _config().training
-    # Tiny data (the tests'): once per pass, as at epoch ends.
-    assert task_lib.validation_interval(automatic, 12, 3) == 12
-    # 2M examples in batches of 256, an eval split of 800 batches: 4 per pass.
-    assert task_lib.validation_interval(automatic, 7813, 800) == 1954
-    # 250 batches: as often as MIN_VALIDATION_INTERVAL_STEPS allows, evenly.
-    assert task_lib.MIN_VALIDATION_INTERVAL_STEPS == 100
-    assert task_lib.validation_interval(automatic, 250, 10) == 125
-    # A large eval split: never closer than one validation's batches.
-    assert task_lib.validation_interval(automatic, 7813, 3000) == 3907
+    assert task_lib.validation_interval(automatic, 12) == 12
+    assert task_lib.validation_interval(automatic, 7813) == 7813
     configured = _config(validation_interval_steps=7).training
-    assert task_lib.validation_interval(configured, 7813, 800) == 7
+    assert task_lib.validation_interval(configured, 7813) == 7
 
 
 def test_mean_task_loss_is_the_unweighted_mean_of_the_task_losses():
