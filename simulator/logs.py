@@ -404,7 +404,8 @@ def simulate(out_dir: str, impressions: int = 20000, days: int = 7, seed: int = 
     UTC day holding the events of that day, shuffled so files are unsorted)
     and out_dir/truth.jsonl.gz (per impression: request_id, item_id, ts and
     the generating probabilities p_click, p_purchase, p_like, p_dwell, all
-    unconditional, and p_click_no_position). Impressions fall on the `days`
+    unconditional, and each as p_<type>_no_position, without the position
+    factor: what a position-free model can reach). Impressions fall on the `days`
     days from `start_date`; feedback to the last day's impressions can land in
     one more day's file. Event files already in `out_dir` are replaced, so the
     glob `out_dir/events-*.jsonl.gz` always means one simulation.
@@ -457,15 +458,20 @@ def simulate(out_dir: str, impressions: int = 20000, days: int = 7, seed: int = 
         _write_gzip_lines(path, lines[start:start + count])
         files.append(path)
 
-    truth = zip(imp_request, imp_item, _rfc3339(imps.ts), *(_significant(p) for p in (
-        probs.click, probs.click * probs.purchase_given_click,
-        probs.click * probs.like_given_click, probs.click * DWELL_GIVEN_CLICK,
-        probs.click_no_position)))
+    # p_<type> and p_<type>_no_position: every feedback follows a click, so
+    # each is p(click) x p(type | click), with and without the position factor.
+    given_click = {"click": 1.0, "purchase": probs.purchase_given_click,
+                   "like": probs.like_given_click, "dwell": DWELL_GIVEN_CLICK}
+    columns = {}
+    for feedback in FEEDBACK_TYPES:
+        columns[f"p_{feedback}"] = _significant(probs.click * given_click[feedback])
+        columns[f"p_{feedback}_no_position"] = _significant(
+            probs.click_no_position * given_click[feedback])
+    names = list(columns)
     _write_gzip_lines(os.path.join(out_dir, TRUTH_FILE_NAME), [
-        _to_json({"request_id": r, "item_id": i, "ts": t, "p_click": click,
-                  "p_purchase": purchase, "p_like": like, "p_dwell": dwell,
-                  "p_click_no_position": click_no_position})
-        for r, i, t, click, purchase, like, dwell, click_no_position in truth])
+        _to_json({"request_id": r, "item_id": i, "ts": t, **dict(zip(names, values))})
+        for r, i, t, *values in zip(imp_request, imp_item, _rfc3339(imps.ts),
+                                    *columns.values())])
 
     feedback_counts = np.bincount(kind, minlength=len(FEEDBACK_TYPES) + 1)[1:]
     return {

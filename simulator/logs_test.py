@@ -198,6 +198,10 @@ def test_truth_has_one_row_per_impression_and_predicts_clicks(logs):
         assert 0 < row["p_click"] <= row["p_click_no_position"] < 1
         for p in ("p_purchase", "p_like", "p_dwell"):
             assert 0 <= row[p] <= row["p_click"]
+            # The same share of the click probability, with or without position.
+            assert row[f"{p}_no_position"] <= row["p_click_no_position"]
+            assert row[p] * row["p_click_no_position"] == pytest.approx(
+                row[f"{p}_no_position"] * row["p_click"], rel=1e-4, abs=1e-9)
 
     for feedback_type in ("click", "purchase"):
         happened = set(_feedback_keys(events, feedback_type))
