@@ -151,6 +151,17 @@ def test_validation_interval_is_one_pass_unless_configured():
     assert task_lib.validation_interval(configured, 7813) == 7
 
 
+def test_count_records_counts_gzip_and_plain_tfrecord_files(tmp_path):
+    for name, records, options in (("a.gz", 5000, "GZIP"), ("b.gz", 3, "GZIP"),
+                                   ("c.tfrecord", 7, None)):
+        with tf.io.TFRecordWriter(str(tmp_path / name), options) as writer:
+            for i in range(records):
+                writer.write(str(i).encode())
+    assert task_lib.count_records([str(tmp_path / "*.gz")]) == 5003
+    assert task_lib.count_records([str(tmp_path / "*.gz"), str(tmp_path / "c.*")]) == 5010
+    assert task_lib.count_records([str(tmp_path / "missing-*")]) == 0
+
+
 def test_mean_task_loss_is_the_unweighted_mean_of_the_task_losses():
     logs = {"click_loss": 0.2, "purchase_loss": 0.4, "dwell_loss": 1.5, "total_loss": 1.75,
             "val_click_loss": 0.3, "val_purchase_loss": 0.6, "val_dwell_loss": 2.1}
