@@ -135,12 +135,16 @@ def create_pipeline(
                                 "skew": config.validation.skew}, sort_keys=True))
 
     # Builds the feature transform graph, the same at training and serving time.
+    # Without its own statistics: they repeat StatisticsGen's passes (before
+    # and after the transform) and nothing reads them; the data checks and the
+    # report use StatisticsGen's.
     transform = tfx.components.Transform(
         examples=training_examples,
         schema=schema_gen.outputs["schema"],
         analyzer_cache=span_nodes.transform_cache.outputs["cache"] if span_nodes else None,
         preprocessing_fn=preprocessing_fn,
-        custom_config=custom_config).with_id(TRANSFORM_ID)
+        custom_config=custom_config,
+        disable_statistics=True).with_id(TRANSFORM_ID)
     transform.add_upstream_node(data_gate)
 
     # Trains the multi-task ranking model on train, validating on eval, and

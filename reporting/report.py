@@ -291,9 +291,9 @@ class RunArtifacts:
     pushed_destination: Optional[str] = None
 
 
-# The component whose output of a type the report shows: Transform also
-# writes ExampleStatistics and ExampleAnomalies, of the transformed data,
-# without splits.
+# The component whose output of a type the report shows: Transform can also
+# write ExampleStatistics and ExampleAnomalies (of the transformed data,
+# without splits; the pipeline turns them off).
 PRODUCERS = {"ExampleStatistics": "StatisticsGen", "ExampleAnomalies": "ExampleValidator",
              "ModelEvaluation": "Evaluator", "ModelBlessing": "Evaluator",
              "PushedModel": "Pusher"}
