@@ -82,7 +82,7 @@ def test_model_name(inferred):
 
 
 def test_model_is_the_best_measured_on_simulated_logs(inferred):
-    assert inferred.model.architecture == "ple"
+    assert inferred.model.architecture == "shared_bottom"
     assert inferred.model.cross_layers == 2
 
 
