@@ -32,6 +32,7 @@ setup(
         "pydantic>=2,<3",  # the config model (base/config.py)
         "pyyaml",
         "grpcio-health-checking",
+        "aiohttp",  # TF Serving's REST API (serving/rest.py)
         "psutil",
         "matplotlib",  # plots of `mtrank report`
     ],

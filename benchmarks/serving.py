@@ -157,7 +157,7 @@ class ServerProcess:
     def __init__(self, model_base: str, model_name: str, batching: bool):
         self.port = _free_port()
         command = [sys.executable, "-m", "mtrank.cli", "serve", "--model-base", model_base,
-                   "--model-name", model_name, "--port", str(self.port)]
+                   "--model-name", model_name, "--port", str(self.port), "--rest-port", "0"]
         if batching:
             command += ["--enable-batching", "--batching-parameters-file", BATCHING_FILE]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,

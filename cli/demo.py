@@ -1,13 +1,18 @@
 """`mtrank demo`: the whole path once, on simulated logs.
 
 Simulate logs -> run the pipeline with the inferred config -> serve the
-pushed model on a free loopback port -> score held-out impressions through
-the stock TF Serving stubs -> print the summary.
+pushed model on free loopback ports -> score held-out impressions through
+the stock TF Serving stubs (gRPC) and again through the REST API -> print the
+summary.
 """
 from __future__ import annotations
 
 import glob
+import json
+import math
 import os
+import urllib.request
+from typing import Any, List, Mapping, Sequence
 
 from mtrank.base import layout, serving_contract
 from mtrank.pipeline import config_inference, local_runner
@@ -38,6 +43,17 @@ def format_ranked_predictions(rows, score_output: str) -> str:
                      for row in table)
 
 
+def rest_regress(rest_port: int, model_name: str, candidates: Sequence[Mapping[str, Any]]
+                 ) -> List[float]:
+    """The fused score of each candidate (a dict of features) from the REST
+    API's :regress, as a client without TensorFlow asks for it."""
+    body = json.dumps({"signature_name": serving_contract.REGRESS, "examples": list(candidates)})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{rest_port}/v1/models/{model_name}:regress", data=body.encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["results"]
+
+
 def run_demo(work_dir: str, impressions: int, days: int, seed: int = 0,
              verbose: bool = False) -> int:
     """`verbose`: TFX's own logs too (mtrank demo -v)."""
@@ -61,22 +77,31 @@ def run_demo(work_dir: str, impressions: int, days: int, seed: int = 0,
         return 1
 
     model_base = layout.serving_model_dir(run_dir, config.model_name)
-    running = server.serve(model_base, model_name=config.model_name, port=0)
-    port = running.port
+    running = server.serve(model_base, model_name=config.model_name, port=0, rest_port=0)
+    port, rest_port = running.port, running.rest_port
     try:
         # The last file can hold only late feedback; score the last day shown.
         last_day = next(path for path in sorted(glob.glob(log_glob), reverse=True)
                         if client.read_impressions(path, limit=1))
         rows = client.predict_logs(f"127.0.0.1:{port}", last_day, limit=SCORED_IMPRESSIONS,
                                    model_name=config.model_name)
+        over_rest = rest_regress(rest_port, config.model_name, [
+            client.impression_features(event)
+            for event in client.read_impressions(last_day, limit=SCORED_IMPRESSIONS)])
     finally:
         running.stop()
     score_output = serving_contract.fused_score_output(config.output_names)
-    print(f"\n== served {model_base} on 127.0.0.1:{port}; scored the first {len(rows)} "
-          f"impressions of {last_day}")
+    print(f"\n== served {model_base} on 127.0.0.1:{port} (gRPC) and 127.0.0.1:{rest_port} "
+          f"(REST); scored the first {len(rows)} impressions of {last_day}")
     print(f"== {score_output}: the fused ranking score (serving.score); rank: its order among "
           f"these {len(rows)}, 1 = ranked first")
     print(format_ranked_predictions(rows, score_output))
+    same = len(over_rest) == len(rows) and all(
+        math.isclose(rest_score, scores[score_output], rel_tol=1e-6)
+        for rest_score, (_, _, scores) in zip(over_rest, rows))
+    print(f"== the same impressions as JSON features, POST /v1/models/{config.model_name}:regress "
+          f"over REST: {score_output} {'the same' if same else 'DIFFERENT'} as over gRPC")
     print(f"\nsummary: {layout.summary_path(run_dir)}")
-    print(f"serve it yourself: mtrank serve --model-base {model_base}")
+    print(f"serve it yourself: mtrank serve --model-base {model_base} (gRPC on 8500, REST on "
+          "8501)")
     return 0

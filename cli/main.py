@@ -204,9 +204,10 @@ def cmd_serve(args) -> int:
                     if args.batching_parameters_file else server_config.BatchingParameters())
     intra_op = args.tensorflow_intra_op_parallelism
     server.serve_forever(config, server.ServerOptions(
-        host=args.host, port=args.port, max_workers=args.max_workers,
-        poll_interval_s=args.poll_seconds, batching=batching, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, metrics_port=args.metrics_port, grace_s=args.grace_seconds,
+        host=args.host, port=args.port, rest_port=args.rest_port or None,
+        max_workers=args.max_workers, poll_interval_s=args.poll_seconds, batching=batching,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
+        grace_s=args.grace_seconds,
         intra_op_threads=server.DEFAULT_INTRA_OP_THREADS if intra_op is None else intra_op,
         inter_op_threads=args.tensorflow_inter_op_parallelism))
     return 0
@@ -319,14 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=7)
     p.set_defaults(func=cmd_demo)
 
-    p = commands.add_parser("serve", help="serve pushed models over the TF Serving gRPC API")
+    p = commands.add_parser("serve", help="serve pushed models over the TF Serving gRPC and "
+                                          "REST APIs")
     p.add_argument("--model-base",
                    help="model base directory, e.g. WORK/serving_model/mtrank (one model)")
     p.add_argument("--model-name", default="mtrank")
     p.add_argument("--model-config-file",
                    help="TF Serving ModelServerConfig (text format), e.g. serving/models.config")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--port", type=int, default=8500, help="gRPC port")
+    p.add_argument("--rest-port", type=int, default=8501,
+                   help="HTTP/JSON (REST) port, with Prometheus metrics at "
+                        "/monitoring/prometheus/metrics (0: no REST)")
     p.add_argument("--enable-batching", action="store_true",
                    help="merge concurrent requests into one model call")
     p.add_argument("--batching-parameters-file",

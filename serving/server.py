@@ -9,6 +9,8 @@ so one client works with both:
   tensorflow.serving.ModelService:      GetModelStatus, HandleReloadConfigRequest
   grpc.health.v1.Health:                Check, Watch
 
+and, with a REST port, TF Serving's REST API on the same models (serving/rest.py).
+
 Models come from a ModelServerConfig (several models, version policies,
 labels; serving/model_manager.py keeps them loaded, polling for new
 versions). With batching parameters, concurrent requests are merged into one
@@ -21,12 +23,13 @@ for an unknown model or version).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import signal
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -46,7 +49,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from mtrank.base import serving_contract as contract
 from mtrank.serving import batching, metrics as metrics_lib, model_manager, model_store, server_config
-from mtrank.serving import signatures, tensors
+from mtrank.serving import rest, signatures, tensors
 from mtrank.serving.errors import RequestError, invalid
 
 logger = logging.getLogger(__name__)
@@ -78,6 +81,8 @@ class ServerOptions:
     batching: None serves each request with its own model call.
     tls_cert / tls_key: PEM files; both set serves TLS only.
     metrics_port: serve Prometheus metrics over HTTP on this port (0: any free).
+    rest_port: serve TensorFlow Serving's REST API (serving/rest.py) on this
+      port (0: any free; None: none), over TLS when tls_cert is set.
     intra_op_threads: threads one op may use, as TF Serving's
       --tensorflow_intra_op_parallelism (0: TensorFlow picks; None: as it
       is, for a server inside another program). The pool is the process's
@@ -99,6 +104,7 @@ class ServerOptions:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     metrics_port: Optional[int] = None
+    rest_port: Optional[int] = None
     grace_s: float = 10.0
     intra_op_threads: Optional[int] = None
     inter_op_threads: int = 0
@@ -176,6 +182,23 @@ def _conform_example_inputs(inputs, spec: model_store.ServingSpec):
     return conformed
 
 
+class Answer:
+    """One request's outcome, as ModelServer.answering fills it: its status
+    (OK unless refused) and response, and the model and signature its
+    metrics count it under."""
+
+    def __init__(self, model_server: "ModelServer", method_name: str):
+        self._model_server = model_server
+        self._method_name = method_name
+        self.code, self.message, self.response = grpc.StatusCode.OK, "", None
+        self.model_label, self.signature_label = "", ""
+
+    def count_as(self, request) -> None:
+        """Counts the request under the model and signature it names."""
+        self.model_label, self.signature_label = _labels(self._model_server, self._method_name,
+                                                         request)
+
+
 class ModelServer:
     """Answers the TF Serving API for the models of a ModelServerConfig."""
 
@@ -198,6 +221,33 @@ class ModelServer:
         self.metrics.versions_loaded.labels(model).set(available)
         if failed:
             self.metrics.load_failures.labels(model).inc()
+
+    @contextlib.contextmanager
+    def answering(self, method_name: str, peer: Callable[[], str]) -> Iterator[Answer]:
+        """Answers one request, over gRPC or REST alike: counts it in flight,
+        then by outcome and latency, and turns what the block raises into the
+        answer's status, a RequestError's own or INTERNAL (logged) for
+        anything else, so that the server keeps serving whatever one request
+        does. `peer` names the client in the log."""
+        answer = Answer(self, method_name)
+        start = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            yield answer
+        except RequestError as e:
+            answer.code, answer.message = e.code, e.message
+            logger.warning("%s from %s rejected (%s): %s", method_name, peer(), e.code.name,
+                           e.message)
+        except Exception:  # the server must keep serving whatever one request does
+            logger.exception("%s from %s failed", method_name, peer())
+            answer.code = grpc.StatusCode.INTERNAL
+            answer.message = "internal error; see the server log"
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(answer.model_label, answer.signature_label, method_name,
+                                         answer.code.name).inc()
+            self.metrics.latency.labels(answer.model_label, answer.signature_label,
+                                        method_name).observe(time.perf_counter() - start)
 
     # Running signatures.
 
@@ -231,7 +281,9 @@ class ModelServer:
                                "the deadline passed while the request waited for its batch"
                                ) from None
 
-    def _signature(self, loaded: model_store.LoadedModel, name: str, method: Optional[str]):
+    def signature_def(self, loaded: model_store.LoadedModel, name: str, method: Optional[str]):
+        """The version's signature `name`; INVALID_ARGUMENT when it has none, or
+        when `method` is set and the signature has another method."""
         signature = loaded.signature_defs.get(name)
         if signature is None:
             raise invalid(f"signature '{name}' not found in model '{loaded.name}' version "
@@ -248,7 +300,7 @@ class ModelServer:
         """Any signature, on named input tensors; `output_filter` selects outputs."""
         loaded = loaded or self.manager.resolve(request.model_spec)
         name = request.model_spec.signature_name or contract.SERVING_DEFAULT
-        signature = self._signature(loaded, name, None)
+        signature = self.signature_def(loaded, name, None)
         wanted = list(request.output_filter) or sorted(signature.outputs)
         unknown = sorted(set(wanted) - set(signature.outputs))
         if unknown:
@@ -265,7 +317,7 @@ class ModelServer:
 
     def _examples_signature(self, loaded, request, method: str):
         name = request.model_spec.signature_name or contract.SERVING_DEFAULT
-        signature = self._signature(loaded, name, method)
+        signature = self.signature_def(loaded, name, method)
         (input_key,) = signature.inputs
         examples = _examples_from_input(request.input)
         tensors.check_examples_parse(input_key, examples, loaded.spec)
@@ -446,15 +498,10 @@ def _labels(model_server: ModelServer, method_name: str, request) -> Tuple[str, 
 def _handler(model_server: ModelServer, method_name: str, request_class, method: Callable):
     """A unary handler taking the raw request bytes, so that undecodable and
     oversized requests get INVALID_ARGUMENT rather than gRPC's INTERNAL."""
-    metrics = model_server.metrics
     limit = model_server.options.max_request_bytes
 
     def handle(request_bytes: bytes, context: grpc.ServicerContext):
-        start = time.perf_counter()
-        metrics.in_flight.inc()
-        model_label, signature_label = "", ""
-        code, message, response = grpc.StatusCode.OK, "", None
-        try:
+        with model_server.answering(method_name, context.peer) as answer:
             if len(request_bytes) > limit:
                 raise invalid(f"the request has {len(request_bytes)} bytes, more than the limit "
                               f"of {limit}")
@@ -466,27 +513,15 @@ def _handler(model_server: ModelServer, method_name: str, request_class, method:
             if consumed != len(request_bytes):  # stopped early at a stray end-group tag
                 raise invalid(f"not a {request_class.DESCRIPTOR.full_name}: parsing stopped at "
                               f"byte {consumed} of {len(request_bytes)}")
-            model_label, signature_label = _labels(model_server, method_name, request)
+            answer.count_as(request)
             remaining = context.time_remaining()
             # Without a deadline gRPC reports centuries remaining.
             deadline = (None if remaining is None or remaining > _NO_DEADLINE_S
                         else time.monotonic() + remaining)
-            response = method(model_server, request, deadline)
-        except RequestError as e:
-            code, message = e.code, e.message
-            logger.warning("%s from %s rejected (%s): %s", method_name, context.peer(),
-                           code.name, message)
-        except Exception:  # the server must keep serving whatever one request does
-            logger.exception("%s from %s failed", method_name, context.peer())
-            code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
-        finally:
-            metrics.in_flight.dec()
-            metrics.requests.labels(model_label, signature_label, method_name, code.name).inc()
-            metrics.latency.labels(model_label, signature_label, method_name).observe(
-                time.perf_counter() - start)
-        if code != grpc.StatusCode.OK:
-            context.abort(code, message)
-        return response
+            answer.response = method(model_server, request, deadline)
+        if answer.code != grpc.StatusCode.OK:
+            context.abort(answer.code, answer.message)
+        return answer.response
 
     return grpc.unary_unary_rpc_method_handler(
         handle, request_deserializer=None,
@@ -504,19 +539,29 @@ def _generic_handlers(model_server: ModelServer) -> List[grpc.GenericRpcHandler]
 
 @dataclasses.dataclass
 class RunningServer:
-    """A started server: `port` it listens on, `stop()` to drain and end it."""
+    """A started server: `port` it listens on (gRPC), `rest_port` (REST, or
+    None), `stop()` to drain and end it."""
 
     grpc_server: grpc.Server
     port: int
     model_server: ModelServer
     health: health.HealthServicer
     metrics_port: Optional[int]
+    rest: Optional[rest.RestServer] = None
+
+    @property
+    def rest_port(self) -> Optional[int]:
+        return self.rest.port if self.rest is not None else None
 
     def stop(self, grace_s: Optional[float] = None) -> None:
-        """Reports NOT_SERVING, lets requests in flight finish within `grace_s`
-        (new ones are refused), then stops batching, polling and metrics."""
+        """Reports NOT_SERVING, lets gRPC requests in flight finish within
+        `grace_s` and REST ones within the options' grace_s, both at once (new
+        ones are refused), then stops batching, polling and metrics."""
         self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(grace_s).wait()
+        grpc_stopped = self.grpc_server.stop(grace_s)
+        if self.rest is not None:
+            self.rest.stop()
+        grpc_stopped.wait()
         self.model_server.stop()
         self.model_server.metrics.stop_http()
 
@@ -526,6 +571,7 @@ def start(config: model_server_config_pb2.ModelServerConfig,
     """Loads the models (first versions synchronously) and starts serving."""
     set_intra_op_threads(options.intra_op_threads)
     model_server = ModelServer(config, options)
+    rest_server = None
     try:
         server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=options.max_workers,
@@ -558,21 +604,30 @@ def start(config: model_server_config_pb2.ModelServerConfig,
             raise OSError(f"cannot listen on {address}")
         metrics_port = (model_server.metrics.start_http(options.metrics_port, options.host)
                         if options.metrics_port is not None else None)
+        if options.rest_port is not None:
+            rest_server = rest.RestServer(model_server, options.rest_port)
         server.start()
     except BaseException:
+        if rest_server is not None:
+            rest_server.stop()
+        model_server.metrics.stop_http()
         model_server.stop()
         raise
     model_server.manager.start_polling(options.poll_interval_s)
-    return RunningServer(server, bound_port, model_server, health_servicer, metrics_port)
+    return RunningServer(server, bound_port, model_server, health_servicer, metrics_port,
+                         rest_server)
 
 
 def serve(model_base: str, model_name: str = "mtrank", host: str = DEFAULT_HOST,
-          port: int = DEFAULT_PORT, max_workers: int = DEFAULT_MAX_WORKERS) -> RunningServer:
-    """Serves the newest version under `model_base` as `model_name`. Port 0
-    picks a free port (the result's `port`). New versions are picked up
-    while it runs; `stop()` ends serving and polling."""
+          port: int = DEFAULT_PORT, max_workers: int = DEFAULT_MAX_WORKERS,
+          rest_port: Optional[int] = None) -> RunningServer:
+    """Serves the newest version under `model_base` as `model_name`, and over
+    REST too with a `rest_port`. Port 0 picks a free port (the result's `port`,
+    `rest_port`). New versions are picked up while it runs; `stop()` ends
+    serving and polling."""
     return start(server_config.single_model_config(model_name, model_base),
-                 ServerOptions(host=host, port=port, max_workers=max_workers))
+                 ServerOptions(host=host, port=port, max_workers=max_workers,
+                               rest_port=rest_port))
 
 
 def serve_forever(config: model_server_config_pb2.ModelServerConfig,
@@ -596,8 +651,11 @@ def serve_forever(config: model_server_config_pb2.ModelServerConfig,
                            for name, versions in running.model_server.manager.available().items())
         metrics = (f"; metrics on http://{_address(options.host, running.metrics_port)}/metrics"
                    if running.metrics_port is not None else "")
+        rest_api = (f"; REST on {'https' if options.tls_cert else 'http'}://"
+                    f"{_address(options.host, running.rest_port)}"
+                    if running.rest_port is not None else "")
         print(f"serving {served} on {_address(options.host, running.port)}"
-              f"{' (TLS)' if options.tls_cert else ''}{metrics}", flush=True)
+              f"{' (TLS)' if options.tls_cert else ''}{rest_api}{metrics}", flush=True)
         stop.wait()
         running.stop(options.grace_s)
     finally:

@@ -919,7 +919,7 @@ def test_sigterm_drains_the_request_in_flight(model_base, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "mtrank.cli", "serve", "--model-base", model_base,
          "--port", str(port), "--enable-batching", "--batching-parameters-file",
-         str(batching_file), "--metrics-port", str(metrics_port)],
+         str(batching_file), "--metrics-port", str(metrics_port), "--rest-port", "0"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = process.stdout.readline()

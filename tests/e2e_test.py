@@ -1,8 +1,9 @@
 """End to end: simulated logs -> `mtrank run` (twice, sharing MLMD; the second
 time on logs whose click feedback is noise, which the Evaluator must stop, and
 on Beam's portable runner) ->
-`mtrank report` rendered in headless Chromium -> `mtrank serve` on a loopback
-port -> Predict through the stock TF Serving stubs, and `mtrank predict`."""
+`mtrank report` rendered in headless Chromium -> `mtrank serve` on loopback
+ports -> Predict through the stock TF Serving stubs, :regress over its REST
+API, and `mtrank predict`."""
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import grpc
 from ml_metadata.proto import metadata_store_pb2
@@ -254,15 +256,18 @@ def test_schema_export_is_the_imported_schema(pipeline_runs, tmp_path):
 
 @pytest.fixture(scope="module")
 def served(pipeline_runs):
-    port = _free_port()
+    port, rest_port = _free_port(), _free_port()
     model_base = pipeline_runs["work"] / "serving_model" / "mtrank"
     process = subprocess.Popen(
-        MTRANK + ["serve", "--model-base", str(model_base), "--port", str(port)],
+        MTRANK + ["serve", "--model-base", str(model_base), "--port", str(port),
+                  "--rest-port", str(rest_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
+        # REST listens before gRPC starts, so it is up once gRPC is.
         grpc.channel_ready_future(channel).result(timeout=120)
-        yield {"target": f"127.0.0.1:{port}", "channel": channel, **pipeline_runs}
+        yield {"target": f"127.0.0.1:{port}", "rest": f"http://127.0.0.1:{rest_port}",
+               "channel": channel, **pipeline_runs}
     finally:
         channel.close()
         process.send_signal(signal.SIGTERM)
@@ -306,6 +311,19 @@ def test_predict_through_stock_stubs(served):
         assert np.std(scores) > 0, f"{output}: every example got the same score"
     assert response.model_spec.version.value == served["first"]["pushed_version"] or \
         response.model_spec.version.value == served["second"]["pushed_version"]
+
+
+def test_rest_regress_on_json_features_scores_as_grpc_predict(served):
+    features = [client.impression_features(e) for e in _eval_impressions(served["logs"], 20)]
+    serialized = [examples.example_from_json(f).SerializeToString() for f in features]
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(served["channel"])
+    over_grpc = stub.Predict(_predict_request(serialized), timeout=30).outputs["score"]
+    body = json.dumps({"signature_name": "regress", "examples": features}).encode()
+    request = urllib.request.Request(served["rest"] + "/v1/models/mtrank:regress", data=body)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        over_rest = json.load(response)["results"]
+    np.testing.assert_allclose(np.array(over_rest, np.float32), tf.make_ndarray(over_grpc),
+                               rtol=1e-6)
 
 
 def test_model_status_available(served):
