@@ -69,12 +69,16 @@ def build_model(train: Dict[str, object], features, tasks, max_position: int):
         inputs[feature.name] = tf.keras.Input(shape=(None,) if ragged else (), dtype=dtype,
                                               ragged=ragged, name=feature.name)
         if feature.kind == "numeric":
-            norm = tf.keras.layers.Normalization(axis=None)
-            norm.adapt(tf.cast(column, tf.float32))
+            values = tf.cast(column, tf.float32)
+            norm = tf.keras.layers.Normalization(
+                axis=None, mean=float(tf.reduce_mean(values)),
+                variance=float(tf.math.reduce_variance(values)))
             parts.append(tf.reshape(norm(tf.cast(inputs[feature.name], tf.float32)), (-1, 1)))
             continue
-        lookup = tf.keras.layers.StringLookup()
-        lookup.adapt(column.flat_values if ragged else column)
+        # The train split's values as the vocabulary (adapt() would take
+        # minutes: it walks the data in batches of 32).
+        values = (column.flat_values if ragged else column).numpy()
+        lookup = tf.keras.layers.StringLookup(vocabulary=np.unique(values))
         table = tf.keras.layers.Embedding(lookup.vocabulary_size(), EMBEDDING_DIM)
         vectors = table(lookup(inputs[feature.name]))
         parts.append(tf.reduce_mean(vectors, axis=1) if ragged else vectors)
