@@ -9,7 +9,7 @@ import glob
 import gzip
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
@@ -39,18 +39,14 @@ def truth_auc(truth_path: str, examples_uri: str, config: config_lib.Config
     ceiling for these labels) and, where the simulator gives it,
     `truth_auc_no_position` from p_<feedback>_no_position (the ceiling for a
     position-free model such as the served one)."""
-    truth = {}
-    with gzip.open(truth_path, "rt") as f:
-        for line in f:
-            row = json.loads(line)
-            truth[(row["request_id"], row["item_id"])] = row
     columns = {}
     for task in config.tasks:
         if task.type == "binary":
             columns[task.name] = {"truth_auc": f"p_{task.feedback}",
                                   "truth_auc_no_position": f"p_{task.feedback}_no_position"}
-    labels = collections.defaultdict(list)
-    scores = collections.defaultdict(lambda: collections.defaultdict(list))
+    # The eval split's impressions first, then only their truth rows: the
+    # eval split is a small share of the logs, the truth file covers them all.
+    eval_labels: Dict[Tuple[str, str], Dict[str, float]] = {}
     files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*"))
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
         feature = tf.train.Example.FromString(record).features.feature
@@ -58,16 +54,29 @@ def truth_auc(truth_path: str, examples_uri: str, config: config_lib.Config
                if key in feature]
         if len(ids) < 2 or not all(ids):
             return {}  # the examples do not identify impressions (no item_id feature)
-        row = truth.get((ids[0][0].decode(), ids[1][0].decode()))
+        eval_labels[(ids[0][0].decode(), ids[1][0].decode())] = {
+            task.name: feature[task.label_key].float_list.value[0]
+            for task in config.tasks if task.name in columns}
+    truth = {}
+    with gzip.open(truth_path, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            key = (row["request_id"], row["item_id"])
+            if key in eval_labels:
+                truth[key] = row
+    labels = collections.defaultdict(list)
+    scores = collections.defaultdict(lambda: collections.defaultdict(list))
+    for key, task_labels in eval_labels.items():
+        row = truth.get(key)
         if row is None:
             continue
-        for task in config.tasks:
-            if task.name not in columns or columns[task.name]["truth_auc"] not in row:
+        for task, label in task_labels.items():
+            if columns[task]["truth_auc"] not in row:
                 continue
-            labels[task.name].append(feature[task.label_key].float_list.value[0])
-            for metric, column in columns[task.name].items():
+            labels[task].append(label)
+            for metric, column in columns[task].items():
                 if column in row:
-                    scores[task.name][metric].append(row[column])
+                    scores[task][metric].append(row[column])
     result = {}
     for task, task_labels in labels.items():
         if not 0 < sum(task_labels) < len(task_labels):
