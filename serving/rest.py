@@ -438,12 +438,13 @@ def _json_bytes(document) -> bytes:
 
 # The HTTP server.
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A socket listening on host:port (0: any free port), bound here so that
-    a busy port fails the start at once."""
+    a busy port fails the start at once; with `reuse_port`, shared with the
+    other processes that listen there with SO_REUSEPORT."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family)
+        return socket.create_server((host, port), family=family, reuse_port=reuse_port)
     except OSError as e:
         raise OSError(f"cannot listen on {host}:{port} for the REST API: {e}") from None
 
@@ -458,26 +459,25 @@ def _tls_context(cert: Optional[str], key: Optional[str]) -> Optional[ssl.SSLCon
     return context
 
 
-class RestServer:
-    """The REST API of a ModelServer on `port` of its options' host (0: any
-    free one, then `port` says which); `stop()` drains and ends it."""
+class HttpServer:
+    """An aiohttp application on an event loop in a thread of its own,
+    serving on `sock` (TLS with `tls`); `stop()` drains and ends it.
+    `add_routes(app)` adds the handlers. RestServer is one;
+    benchmarks/serving.py's echo server is another, so that the ceiling it
+    measures is this stack's."""
 
-    def __init__(self, model_server: ModelServer, port: int):
-        options = model_server.options
-        sock = _listening_socket(options.host, port)
+    def __init__(self, sock: socket.socket, tls: Optional[ssl.SSLContext], grace_s: float,
+                 max_request_bytes: int, add_routes, loop_name: str = "mtrank-rest-loop"):
         self.port = sock.getsockname()[1]
-        self._model_server = model_server
-        self._grace_s = options.grace_s
-        self._max_request_bytes = options.max_request_bytes
+        self._grace_s = grace_s
+        self._max_request_bytes = max_request_bytes
         self._runner: Optional[web.AppRunner] = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(options.max_workers,
-                                                           thread_name_prefix="mtrank-rest")
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="mtrank-rest-loop",
+        self._thread = threading.Thread(target=self._loop.run_forever, name=loop_name,
                                         daemon=True)
         self._thread.start()
         try:
-            self._run(self._serve(sock, _tls_context(options.tls_cert, options.tls_key)))
+            self._run(self._serve(sock, tls, add_routes))
         except BaseException:
             sock.close()
             self.stop()
@@ -486,14 +486,41 @@ class RestServer:
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    async def _serve(self, sock: socket.socket, tls: Optional[ssl.SSLContext]) -> None:
+    async def _serve(self, sock: socket.socket, tls: Optional[ssl.SSLContext], add_routes
+                     ) -> None:
         # aiohttp refuses a body of client_max_size bytes or more.
         app = web.Application(client_max_size=self._max_request_bytes + 1)
-        app.router.add_get(PROMETHEUS_PATH, self._metrics)
-        app.router.add_route("*", "/v1/{tail:.*}", self._v1)
+        add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._grace_s)
         await self._runner.setup()
         await web.SockSite(self._runner, sock, ssl_context=tls).start()
+
+    def stop(self) -> None:
+        """Stops listening, lets requests in flight finish within grace_s,
+        then ends the event loop."""
+        if self._runner is not None:
+            self._run(self._runner.cleanup())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class RestServer(HttpServer):
+    """The REST API of a ModelServer on `port` of its options' host (0: any
+    free one, then `port` says which); `stop()` drains and ends it."""
+
+    def __init__(self, model_server: ModelServer, port: int):
+        options = model_server.options
+        self._model_server = model_server
+        self._pool = concurrent.futures.ThreadPoolExecutor(options.max_workers,
+                                                           thread_name_prefix="mtrank-rest")
+        super().__init__(listening_socket(options.host, port, options.reuse_port),
+                         _tls_context(options.tls_cert, options.tls_key), options.grace_s,
+                         options.max_request_bytes, self._add_routes)
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get(PROMETHEUS_PATH, self._metrics)
+        app.router.add_route("*", "/v1/{tail:.*}", self._v1)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self._model_server.metrics.exposition(),
@@ -529,10 +556,6 @@ class RestServer:
     def stop(self) -> None:
         """Stops listening, lets requests in flight finish within the options'
         grace_s, then ends the event loop and the pool."""
-        if self._runner is not None:
-            self._run(self._runner.cleanup())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        super().stop()
         # Requests still queued have lost their connections; those running finish.
         self._pool.shutdown(cancel_futures=True)

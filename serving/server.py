@@ -57,6 +57,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8500
 DEFAULT_MAX_WORKERS = 64
+# Server processes of `mtrank serve` (serving/workers.py): measured best on
+# 2 CPUs (docs/serving.md, issue 20).
+DEFAULT_WORKERS = 2
 DEFAULT_POLL_S = 1.0
 # One thread per op: a ranking model's ops are small, and splitting them over
 # threads cost more than it saved. The demo's model on 2 CPUs, in process:
@@ -91,6 +94,13 @@ class ServerOptions:
     inter_op_threads: ops the models' Sessions run at once, as TF Serving's
       --tensorflow_inter_op_parallelism (0: TensorFlow picks; negative:
       each call's ops run in the calling thread).
+    reuse_port: listen with SO_REUSEPORT, sharing the ports with other
+      processes that do (the workers of serving/workers.py); off, a busy
+      port fails the start.
+    metrics_dir: keep the metrics in this directory, summed with those of
+      the other processes that write there (prometheus_client's
+      multiprocess mode; the environment variable PROMETHEUS_MULTIPROC_DIR
+      must name it before prometheus_client is imported).
     """
 
     host: str = DEFAULT_HOST
@@ -108,6 +118,8 @@ class ServerOptions:
     grace_s: float = 10.0
     intra_op_threads: Optional[int] = None
     inter_op_threads: int = 0
+    reuse_port: bool = False
+    metrics_dir: Optional[str] = None
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -205,7 +217,10 @@ class ModelServer:
     def __init__(self, config: model_server_config_pb2.ModelServerConfig,
                  options: ServerOptions = ServerOptions()):
         self.options = options
-        self.metrics = metrics_lib.ServerMetrics()
+        self.metrics = metrics_lib.ServerMetrics(options.metrics_dir)
+        # Applies a HandleReloadConfigRequest; a worker of several applies
+        # it in every worker (serving/workers.py).
+        self.reload_hook: Optional[Callable] = None
         self.batcher = (batching.Batcher(options.batching, self.metrics.record_batch)
                         if options.batching else None)
         try:
@@ -244,10 +259,8 @@ class ModelServer:
             answer.message = "internal error; see the server log"
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(answer.model_label, answer.signature_label, method_name,
-                                         answer.code.name).inc()
-            self.metrics.latency.labels(answer.model_label, answer.signature_label,
-                                        method_name).observe(time.perf_counter() - start)
+            self.metrics.record_request(answer.model_label, answer.signature_label, method_name,
+                                        answer.code.name, time.perf_counter() - start)
 
     # Running signatures.
 
@@ -426,10 +439,14 @@ class ModelServer:
     def reload_config(self, request: model_management_pb2.ReloadConfigRequest,
                       deadline: Optional[float] = None):
         try:
-            self.manager.reload(request.config)
-        except (server_config.ServerConfigError, FileNotFoundError) as e:
+            (self.reload_hook or self.reload_here)(request.config)
+        except (server_config.ServerConfigError, FileNotFoundError, ValueError) as e:
             raise invalid(str(e)) from None
         return model_management_pb2.ReloadConfigResponse()
+
+    def reload_here(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Serves exactly `config`'s models in this process, once loaded."""
+        self.manager.reload(config)
 
     @staticmethod
     def _echo(target, loaded: model_store.LoadedModel, signature: str) -> None:
@@ -537,6 +554,28 @@ def _generic_handlers(model_server: ModelServer) -> List[grpc.GenericRpcHandler]
                                  (MODEL_SERVICE, _MODEL_METHODS))]
 
 
+def grpc_server(options: ServerOptions, handlers: Sequence[grpc.GenericRpcHandler]
+                ) -> grpc.Server:
+    """The gRPC server `start` serves on (not yet bound or started): its
+    thread pool, message limits and port sharing. benchmarks/serving.py
+    builds its echo server with it, so that the ceiling it measures is this
+    stack's."""
+    return grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=options.max_workers,
+                                              thread_name_prefix="mtrank-serving"),
+        handlers=handlers,
+        options=(
+            ("grpc.max_receive_message_length", 2 * options.max_request_bytes),
+            ("grpc.max_send_message_length", contract.MAX_MESSAGE_BYTES),
+            # gRPC sets SO_REUSEPORT by default, so a second server on a
+            # busy port would bind silently and share its traffic: only
+            # the workers of one `mtrank serve` share theirs.
+            ("grpc.so_reuseport", 1 if options.reuse_port else 0),
+        ),
+        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+    )
+
+
 @dataclasses.dataclass
 class RunningServer:
     """A started server: `port` it listens on (gRPC), `rest_port` (REST, or
@@ -573,19 +612,7 @@ def start(config: model_server_config_pb2.ModelServerConfig,
     model_server = ModelServer(config, options)
     rest_server = None
     try:
-        server = grpc.server(
-            concurrent.futures.ThreadPoolExecutor(max_workers=options.max_workers,
-                                                  thread_name_prefix="mtrank-serving"),
-            handlers=_generic_handlers(model_server),
-            options=(
-                ("grpc.max_receive_message_length", 2 * options.max_request_bytes),
-                ("grpc.max_send_message_length", contract.MAX_MESSAGE_BYTES),
-                # gRPC sets SO_REUSEPORT by default, so a second server on a
-                # busy port would bind silently and share its traffic.
-                ("grpc.so_reuseport", 0),
-            ),
-            maximum_concurrent_rpcs=options.max_concurrent_rpcs,
-        )
+        server = grpc_server(options, _generic_handlers(model_server))
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
@@ -631,9 +658,11 @@ def serve(model_base: str, model_name: str = "mtrank", host: str = DEFAULT_HOST,
 
 
 def serve_forever(config: model_server_config_pb2.ModelServerConfig,
-                  options: ServerOptions = ServerOptions()) -> None:
+                  options: ServerOptions = ServerOptions(), workers: int = 1) -> int:
     """Serves until SIGTERM or SIGINT, then drains requests in flight within
-    `options.grace_s` and exits.
+    `options.grace_s`; returns the exit status (0, or 1 when a worker ended
+    on its own). With `workers` > 1, that many server processes share the
+    ports (serving/workers.py).
 
     Signal handlers can only be installed from the main thread, so this is for
     the `mtrank serve` command, not for use inside other programs.
@@ -646,18 +675,34 @@ def serve_forever(config: model_server_config_pb2.ModelServerConfig,
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        running = start(config, options)
+        if workers > 1:
+            from mtrank.serving import workers as workers_lib
+
+            running = workers_lib.Supervisor(config, options, workers)
+            available = running.ready[0]["versions"]
+            ports = (running.port, running.rest_port, running.metrics_port)
+            processes = f" ({workers} worker processes)"
+        else:
+            running = start(config, options)
+            available = running.model_server.manager.available()
+            ports = (running.port, running.rest_port, running.metrics_port)
+            processes = ""
+        port, rest_port, metrics_port = ports
         served = ", ".join(f"{name} versions {list(versions)}"
-                           for name, versions in running.model_server.manager.available().items())
-        metrics = (f"; metrics on http://{_address(options.host, running.metrics_port)}/metrics"
-                   if running.metrics_port is not None else "")
+                           for name, versions in available.items())
+        metrics = (f"; metrics on http://{_address(options.host, metrics_port)}/metrics"
+                   if metrics_port is not None else "")
         rest_api = (f"; REST on {'https' if options.tls_cert else 'http'}://"
-                    f"{_address(options.host, running.rest_port)}"
-                    if running.rest_port is not None else "")
-        print(f"serving {served} on {_address(options.host, running.port)}"
-              f"{' (TLS)' if options.tls_cert else ''}{rest_api}{metrics}", flush=True)
-        stop.wait()
+                    f"{_address(options.host, rest_port)}"
+                    if rest_port is not None else "")
+        print(f"serving {served} on {_address(options.host, port)}"
+              f"{' (TLS)' if options.tls_cert else ''}{rest_api}{metrics}{processes}", flush=True)
+        ended = getattr(running, "ended", None)
+        while not stop.wait(0.5 if ended is not None else None):
+            if ended.is_set():
+                break
         running.stop(options.grace_s)
+        return 1 if ended is not None and ended.is_set() and not stop.is_set() else 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -71,6 +71,20 @@ def _convert(name: str, array: np.ndarray, got: int, want: int) -> np.ndarray:
     raise invalid(f"input '{name}' must be {dtype_name(want)}, got {dtype_name(got)}")
 
 
+def _string_array(proto: tensor_pb2.TensorProto, dims: Tuple[int, ...]) -> np.ndarray:
+    """tf.make_ndarray of a DT_STRING TensorProto, and the same padding (the
+    last value repeated), without its dtype and shape machinery: in the
+    server, decoding one request's Examples took 0.1 ms through
+    tf.make_ndarray."""
+    values = list(proto.string_val)
+    elements = int(np.prod(dims, dtype=np.int64))
+    if elements > len(values):
+        values.extend([values[-1] if values else b""] * (elements - len(values)))
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array.reshape(dims)
+
+
 def decode_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef,
                   inputs: Mapping[str, tensor_pb2.TensorProto], spec: model_store.ServingSpec,
                   max_elements: int) -> Tuple[Dict[str, np.ndarray], int]:
@@ -106,7 +120,8 @@ def decode_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef,
             raise invalid(f"input '{name}' must be {dtype_name(info.dtype)}, got "
                           f"{dtype_name(proto.dtype)}")
         try:
-            array = tf.make_ndarray(proto)
+            array = (_string_array(proto, dims) if proto.dtype == types_pb2.DT_STRING
+                     else tf.make_ndarray(proto))
         except Exception as e:  # any undecodable content is the client's
             raise invalid(f"input '{name}' is not a valid {dtype_name(proto.dtype)} tensor of "
                           f"shape {list(dims)}: {type(e).__name__}: {e}") from None
