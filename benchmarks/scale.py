@@ -67,7 +67,14 @@ class MemorySampler(threading.Thread):
         self.join()
 
     def peak(self, start: float = 0.0, end: float = float("inf")) -> int:
-        return max((rss for t, rss in self.samples if start <= t <= end), default=0)
+        """The highest sample from `start` to `end`, with the samples just
+        before and just after: a component shorter than SAMPLE_S (the
+        Pusher of a small model takes milliseconds) may hold none of its
+        own, and the process's RSS then lies between those two."""
+        before = [(t, rss) for t, rss in self.samples if t < start][-1:]
+        after = [(t, rss) for t, rss in self.samples if t > end][:1]
+        inside = [(t, rss) for t, rss in self.samples if start <= t <= end]
+        return max((rss for _, rss in before + inside + after), default=0)
 
 
 def component_windows(work_dir: str) -> List[Tuple[str, float, float]]:
