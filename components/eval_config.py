@@ -25,6 +25,7 @@ from typing import Dict, List, Tuple
 import tensorflow_model_analysis as tfma
 
 from mtrank.base import config as config_lib
+from mtrank.components import histogram_metrics
 
 # A slice: ((feature, value), ...) in the order of its slicing spec's features.
 SliceKey = Tuple[Tuple[str, str], ...]
@@ -52,17 +53,23 @@ def _bounded(class_name: str, threshold: tfma.MetricThreshold) -> tfma.MetricCon
     return metric
 
 
+def _from_histogram(class_name: str) -> tfma.MetricConfig:
+    return tfma.MetricConfig(class_name=class_name, module=histogram_metrics.__name__)
+
+
 def _task_metrics(task: config_lib.TaskConfig) -> tfma.MetricsSpec:
     bounds = task.eval
     if task.type == "binary":
         metrics = [
             _bounded("AUC", _threshold(lower=bounds.min_auc, max_drop=bounds.max_auc_drop)),
             tfma.MetricConfig(class_name="AUCPrecisionRecall"),
-            # mean prediction / mean label: 1 when calibrated on average.
-            tfma.MetricConfig(class_name="Calibration"),
-            tfma.MetricConfig(class_name="BinaryCrossentropy"),
-            tfma.MetricConfig(class_name="MeanLabel"),
-            tfma.MetricConfig(class_name="MeanPrediction"),
+            # From the histogram AUC computes anyway, not combiners of their
+            # own (components/histogram_metrics.py). Calibration is mean
+            # prediction / mean label: 1 when calibrated on average.
+            _from_histogram("HistogramCalibration"),
+            _from_histogram("HistogramBinaryCrossentropy"),
+            _from_histogram("HistogramMeanLabel"),
+            _from_histogram("HistogramMeanPrediction"),
             # The report's reliability diagram and precision-recall curve.
             # Buckets 0.001 wide: the report merges them at the predictions'
             # quantiles, and rare events are predicted within a few hundredths.

@@ -68,8 +68,12 @@ def test_binary_tasks_have_auc_bounds(config, made):
         assert not change.HasField("relative")
         names = {m.class_name for m in spec.metrics}
         assert "MeanSquaredError" not in names
-        assert {"AUC", "AUCPrecisionRecall", "Calibration", "BinaryCrossentropy",
+        assert {"AUC", "AUCPrecisionRecall", "HistogramCalibration",
+                "HistogramBinaryCrossentropy", "HistogramMeanLabel", "HistogramMeanPrediction",
                 "ExampleCount", "CalibrationPlot", "ConfusionMatrixPlot"} <= names
+        # The histogram's metrics are found by module in the Evaluator's workers.
+        assert {m.module for m in spec.metrics if m.class_name.startswith("Histogram")} == {
+            "mtrank.components.histogram_metrics"}
     # The per-task bounds are the task's own.
     assert _bounds(_metric(_spec(made, "click"), "AUC")).value_threshold.lower_bound.value == \
         pytest.approx(0.5)
