@@ -10,7 +10,7 @@ directory, so nothing is cached. `mtrank run` is a child process; a sampler
 reads the resident memory of it and its children (Beam workers, if any)
 every SAMPLE_S seconds. Each component's window is its execution's
 start and end as ML Metadata records them, and its peak is the largest
-sample inside that window. Arguments after `--` go to `mtrank run`
+sample inside that window or just before or after it. Arguments after `--` go to `mtrank run`
 (e.g. `--beam-arg=--direct_num_workers=2`).
 
 Prints a Markdown table; --out writes the rows as JSON.
