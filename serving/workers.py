@@ -276,7 +276,14 @@ def worker_main() -> int:
     running = server.start(config, options)
     channel = _Channel(running.model_server)
     running.model_server.reload_hook = channel.reload_everywhere
-    threading.Thread(target=channel.read_commands, daemon=True, name="mtrank-commands").start()
+
+    def commands_until_orphaned():
+        channel.read_commands()
+        # stdin closed: the supervisor is gone (even killed with SIGKILL),
+        # and a worker left behind would keep the ports.
+        stop.set()
+
+    threading.Thread(target=commands_until_orphaned, daemon=True, name="mtrank-commands").start()
     channel.send("ready " + json.dumps(
         {"pid": os.getpid(),
          "versions": {k: list(v) for k, v in running.model_server.manager.available().items()}}))

@@ -197,3 +197,19 @@ def test_a_worker_that_dies_ends_the_server_with_status_1(model_base):
         assert served.process.wait(timeout=60) == 1
     finally:
         served.close()
+
+
+def test_workers_end_when_the_supervisor_is_killed(model_base):
+    served = Served(model_base)
+    try:
+        assert served.banner.startswith("serving"), served.banner
+        workers = served.workers()
+        served.process.kill()  # SIGKILL: no chance to stop them
+        served.process.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=60)
+        assert alive == []
+        # The ports are free again.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", served.port))
+    finally:
+        served.close()
