@@ -11,7 +11,6 @@ of the live ones.
 """
 from __future__ import annotations
 
-import threading
 from typing import Dict, Optional, Tuple
 
 import prometheus_client
@@ -57,7 +56,10 @@ class ServerMetrics:
         self.load_failures = Counter(
             "mtrank_serving_version_load_failures", "Versions that failed to load or warm up",
             ["model"], registry=self.registry)
-        self._http = None
+        # What expositions show: this registry, or the sum over the workers.
+        self.exposed_registry = (self.registry if shared_dir is None
+                                 else shared_registry(shared_dir))
+        self._http: Optional[MetricsHttp] = None
         # Label children by label values: labels() takes a lock and checks its
         # arguments on every call, at every request.
         self._request_children: Dict[tuple, Tuple[object, object]] = {}
@@ -79,37 +81,42 @@ class ServerMetrics:
         self.batch_examples.observe(examples)
 
     def exposition(self) -> bytes:
-        if self.shared_dir is not None:
-            return prometheus_client.generate_latest(shared_registry(self.shared_dir))
-        return prometheus_client.generate_latest(self.registry)
+        return prometheus_client.generate_latest(self.exposed_registry)
 
     def start_http(self, port: int, host: str = "127.0.0.1") -> int:
         """Serves the metrics over HTTP (any path); returns the bound port."""
-        registry = (self.registry if self.shared_dir is None
-                    else shared_registry(self.shared_dir))
-        server, thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
-        self._http: Optional[Tuple[object, threading.Thread]] = (server, thread)
-        return server.server_address[1]
+        self._http = MetricsHttp(self.exposed_registry, port, host)
+        return self._http.port
 
     def stop_http(self) -> None:
         if self._http is not None:
-            server, thread = self._http
-            server.shutdown()
-            server.server_close()
-            thread.join()
+            self._http.stop()
             self._http = None
+
+
+class MetricsHttp:
+    """`registry` over HTTP on host:port (any path; port 0: a free one,
+    then `port` says which) until `stop()`."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str = "127.0.0.1"):
+        self._server, self._thread = prometheus_client.start_http_server(
+            port, addr=host, registry=registry)
+        self.port = self._server.server_address[1]
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
 
 
 def shared_registry(shared_dir: str) -> CollectorRegistry:
     """A registry whose exposition sums the metrics of the processes writing
-    to `shared_dir`."""
+    to `shared_dir` (read at each collection)."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=shared_dir)
     return registry
 
 
-def start_shared_http(shared_dir: str, port: int, host: str = "127.0.0.1"):
-    """Serves the summed metrics of `shared_dir` over HTTP (any path), from a
-    process that need not write any; (server, thread)."""
-    return prometheus_client.start_http_server(port, addr=host,
-                                               registry=shared_registry(shared_dir))
+def mark_process_dead(shared_dir: str, pid: int) -> None:
+    """Drops a process that ended from the live gauges of `shared_dir`."""
+    multiprocess.mark_process_dead(pid, shared_dir)

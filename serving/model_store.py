@@ -161,8 +161,9 @@ def examples_fit(serialized: tf.Tensor, spec: ServingSpec) -> tf.Tensor:
     parse_spec = {}
     for name, feature in spec.features.items():
         dtype = signatures.TF_DTYPES[feature.dtype]
-        parse_spec[name] = (tf.io.FixedLenFeature([], dtype, default_value=_DEFAULTS[feature.dtype])
-                            if feature.shape == "scalar" else tf.io.VarLenFeature(dtype))
+        parse_spec[name] = (
+            tf.io.FixedLenFeature([], dtype, default_value=contract.DTYPE_DEFAULTS[feature.dtype])
+            if feature.shape == "scalar" else tf.io.VarLenFeature(dtype))
     if not parse_spec:
         return tf.constant(True)
     parsed = tf.io.parse_example(serialized, parse_spec)
@@ -171,9 +172,6 @@ def examples_fit(serialized: tf.Tensor, spec: ServingSpec) -> tf.Tensor:
             else tf.shape(first, out_type=tf.int64)[0])
     # Always True once the parse succeeded; fetching it makes the parse run.
     return tf.greater_equal(rows, 0)
-
-
-_DEFAULTS = {"string": "", "int64": 0, "float": 0.0}
 
 
 _EXAMPLE_LIST_TAG = b"\x0a"  # ExampleList.examples: field 1, length-delimited

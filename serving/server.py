@@ -668,9 +668,11 @@ def serve_forever(config: model_server_config_pb2.ModelServerConfig,
     the `mtrank serve` command, not for use inside other programs.
     """
     stop = threading.Event()
+    signalled = threading.Event()
 
     def request_stop(signum, frame):
         logger.info("received %s; stopping", signal.Signals(signum).name)
+        signalled.set()
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -678,31 +680,26 @@ def serve_forever(config: model_server_config_pb2.ModelServerConfig,
         if workers > 1:
             from mtrank.serving import workers as workers_lib
 
-            running = workers_lib.Supervisor(config, options, workers)
+            running = workers_lib.Supervisor(config, options, workers, on_worker_ended=stop.set)
             available = running.ready[0]["versions"]
-            ports = (running.port, running.rest_port, running.metrics_port)
             processes = f" ({workers} worker processes)"
         else:
             running = start(config, options)
             available = running.model_server.manager.available()
-            ports = (running.port, running.rest_port, running.metrics_port)
             processes = ""
-        port, rest_port, metrics_port = ports
         served = ", ".join(f"{name} versions {list(versions)}"
                            for name, versions in available.items())
-        metrics = (f"; metrics on http://{_address(options.host, metrics_port)}/metrics"
-                   if metrics_port is not None else "")
+        metrics = (f"; metrics on http://{_address(options.host, running.metrics_port)}/metrics"
+                   if running.metrics_port is not None else "")
         rest_api = (f"; REST on {'https' if options.tls_cert else 'http'}://"
-                    f"{_address(options.host, rest_port)}"
-                    if rest_port is not None else "")
-        print(f"serving {served} on {_address(options.host, port)}"
+                    f"{_address(options.host, running.rest_port)}"
+                    if running.rest_port is not None else "")
+        print(f"serving {served} on {_address(options.host, running.port)}"
               f"{' (TLS)' if options.tls_cert else ''}{rest_api}{metrics}{processes}", flush=True)
-        ended = getattr(running, "ended", None)
-        while not stop.wait(0.5 if ended is not None else None):
-            if ended.is_set():
-                break
+        stop.wait()
         running.stop(options.grace_s)
-        return 1 if ended is not None and ended.is_set() and not stop.is_set() else 0
+        # Stopped by a worker that ended, not by a signal: a failure.
+        return 0 if signalled.is_set() else 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -53,7 +53,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
+
+from mtrank.serving import metrics as metrics_lib
 
 logger = logging.getLogger(__name__)
 
@@ -97,20 +99,19 @@ class _Worker:
 
 class Supervisor:
     """Starts `workers` server processes sharing the ports of `options` and
-    keeps them; `stop()` drains and ends them."""
+    keeps them; `stop()` drains and ends them. `on_worker_ended()` is called
+    when a worker ends on its own, not stopped by `stop()`."""
 
-    def __init__(self, config, options, workers: int):
-        from mtrank.serving import metrics as metrics_lib
-
+    def __init__(self, config, options, workers: int, on_worker_ended: Callable[[], None]):
         self._metrics_dir = tempfile.mkdtemp(prefix="mtrank-serve-metrics-")
         self._reserved: List[socket.socket] = []
         self._workers: List[_Worker] = []
         self._reload_lock = threading.Lock()
         self._applied: Dict[int, Optional[str]] = {}
         self._applied_cv = threading.Condition()
-        self.ended = threading.Event()  # a worker ended on its own
+        self._on_worker_ended = on_worker_ended
         self._stopping = False
-        self._metrics_http = None
+        self._metrics_http: Optional[metrics_lib.MetricsHttp] = None
         try:
             grpc_socket = reserve_port(options.host, options.port)
             self._reserved.append(grpc_socket)
@@ -120,8 +121,9 @@ class Supervisor:
                 rest_socket = reserve_port(options.host, options.rest_port)
                 self._reserved.append(rest_socket)
                 rest_port = rest_socket.getsockname()[1]
-            worker_options = dataclasses.replace(options, port=port, rest_port=rest_port, metrics_port=None,
-                                             reuse_port=True, metrics_dir=self._metrics_dir)
+            worker_options = dataclasses.replace(
+                options, port=port, rest_port=rest_port, metrics_port=None, reuse_port=True,
+                metrics_dir=self._metrics_dir)
             env = dict(os.environ, **{METRICS_DIR_ENV: self._metrics_dir})
             start = "start " + _b64(pickle.dumps((config.SerializeToString(), worker_options)))
             self._workers = [_Worker(i, env) for i in range(workers)]
@@ -134,9 +136,10 @@ class Supervisor:
             self.port, self.rest_port = port, rest_port
             self.metrics_port = None
             if options.metrics_port is not None:
-                self._metrics_http = metrics_lib.start_shared_http(
-                    self._metrics_dir, options.metrics_port, options.host)
-                self.metrics_port = self._metrics_http[0].server_address[1]
+                self._metrics_http = metrics_lib.MetricsHttp(
+                    metrics_lib.shared_registry(self._metrics_dir), options.metrics_port,
+                    options.host)
+                self.metrics_port = self._metrics_http.port
         except BaseException:
             self.stop(0)
             raise
@@ -161,15 +164,13 @@ class Supervisor:
                     self._applied[worker.index] = rest if kind == "failed" else None
                     self._applied_cv.notify_all()
         status = worker.process.wait()
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.process.pid, self._metrics_dir)
+        metrics_lib.mark_process_dead(self._metrics_dir, worker.process.pid)
         with self._applied_cv:  # a reload waiting for it learns it is gone
             self._applied.setdefault(worker.index, f"worker {worker.index} ended")
             self._applied_cv.notify_all()
         if not self._stopping:
             logger.error("server worker %d ended with status %s; stopping", worker.index, status)
-            self.ended.set()
+            self._on_worker_ended()
 
     def _reload(self, asking: _Worker, config_b64: str) -> None:
         """Has every worker apply the config; tells `asking` how it went."""
@@ -197,10 +198,7 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.wait()
         if self._metrics_http is not None:
-            server, thread = self._metrics_http
-            server.shutdown()
-            server.server_close()
-            thread.join()
+            self._metrics_http.stop()
         for sock in self._reserved:
             sock.close()
         shutil.rmtree(self._metrics_dir, ignore_errors=True)
