@@ -134,10 +134,7 @@ def measure(run_dir: str, variants: Sequence[str], rounds: int) -> Dict[str, Lis
     seconds: Dict[str, List[float]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory(prefix="mtrank-evaluator-bench-") as work:
         for round_index in range(rounds):
-            # Each round starts with another variant.
-            order = list(variants[round_index % len(variants):]) + list(
-                variants[:round_index % len(variants)])
-            for variant in order:
+            for variant in quality.round_order(variants, round_index):
                 change, beam_args = VARIANTS[variant]
                 config = change(eval_config)
                 model = tfma.default_eval_shared_model(eval_saved_model_path=model_dir,

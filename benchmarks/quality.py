@@ -193,6 +193,13 @@ def with_model(config: config_lib.Config, architecture: str,
     return config_lib.config_from_dict(raw)
 
 
+def round_order(ways: Sequence, round_index: int) -> List:
+    """The ways to time in round `round_index`, each round starting with
+    the next, so that a drift in the shared machine's load favours none."""
+    start = round_index % len(ways)
+    return list(ways[start:]) + list(ways[:start])
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     def cell(value):
         return f"{value:.4f}" if isinstance(value, float) else str(value)
