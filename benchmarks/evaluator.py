@@ -44,12 +44,13 @@ import tensorflow_model_analysis as tfma  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 
+from mtrank.pipeline import local_runner  # noqa: E402
 from mtrank.reporting import metadata  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality  # noqa: E402
 
-IN_MEMORY = ["--direct_num_workers=1"]  # mtrank run's default
+IN_MEMORY = list(local_runner.DEFAULT_BEAM_ARGS)  # mtrank run's default
 MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 OWN_METRICS = {"HistogramBinaryCrossentropy": "BinaryCrossentropy",
                "HistogramCalibration": "Calibration", "HistogramMeanLabel": "MeanLabel",

@@ -21,6 +21,10 @@ from mtrank.components import eval_config as eval_config_lib
 from mtrank.pipeline import pipeline as pipeline_lib
 from mtrank.reporting import metadata, run_summary
 
+# Beam's DirectRunner in this process: its multi-processing mode measured
+# slower on 2 CPUs (docs/scaling.md, docs/benchmarks.md).
+DEFAULT_BEAM_ARGS = ("--direct_num_workers=1",)
+
 
 class _ProgressPrinter(logging.Handler):
     """Prints one line as each component starts and finishes.
@@ -106,7 +110,7 @@ def run(log_glob: str, work_dir: str, config: config_lib.Config,
         eval_config=eval_config_lib.make_eval_config(config),
         serving_model_dir=layout.serving_model_dir(work_dir, config.model_name),
         metadata_connection_config=metadata.connection_config(work_dir),
-        beam_pipeline_args=beam_pipeline_args or ["--direct_num_workers=1"],
+        beam_pipeline_args=beam_pipeline_args or list(DEFAULT_BEAM_ARGS),
         span=span,
         schema_file=os.path.abspath(schema_file) if schema_file else None,
     )
