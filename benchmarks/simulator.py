@@ -21,7 +21,11 @@ variants joined by `+`:
 truth: the AUC of the generating probabilities on the same labels (p_<task>),
 the ceiling for a model that sees position. truth (no position): of
 p_<task>_no_position, the ceiling for a position-free score, which is what
-every model serves; the gaps in the table are to it.
+every model serves; the gaps in the table are to it. truth, users fitted:
+the truth with every user's latent vectors fitted from the train days
+(simulator/ceiling.py), which a model that learnt all else perfectly could
+reach; the truth itself is out of reach, since users have about 20
+impressions each at any size of the logs.
 
 Prints a Markdown table; --out writes {model: {task: auc}} as JSON.
 """
@@ -52,6 +56,9 @@ REFERENCE = "reference"
 SIMULATED_MARKER = "simulated.json"
 TRUTH = "truth"
 TRUTH_NO_POSITION = "truth (no position)"
+CEILING = "truth, users fitted"
+CEILING_NO_POSITION = "truth, users fitted (no position)"
+NOT_TRAINED = (TRUTH, TRUTH_NO_POSITION, CEILING, CEILING_NO_POSITION)
 
 
 def ensure_logs(work_dir: str, impressions: int, days: int, seed: int) -> str:
@@ -120,18 +127,27 @@ def model_configs(config: config_lib.Config, name: str) -> Dict[str, config_lib.
     return configs
 
 
-def truth_aucs(log_glob: str, outputs: quality.TransformOutputs,
+def truth_aucs(log_glob: str, impressions: int, days: int, seed: int,
+               outputs: quality.TransformOutputs,
                config: config_lib.Config) -> Dict[str, Dict[str, float]]:
+    """Rows of the truth's AUCs and of the learnable ceiling's
+    (simulator/ceiling.py: the truth with the users' vectors fitted from the
+    train days), with and without the position."""
+    from mtrank.simulator import ceiling
     from mtrank.simulator import logs as simulator
     from mtrank.simulator import truth
 
-    truth_file = os.path.join(os.path.dirname(log_glob), simulator.TRUTH_FILE_NAME)
-    by_task = truth.truth_auc(truth_file, outputs.examples, config)
-    rows: Dict[str, Dict[str, float]] = {TRUTH: {}, TRUTH_NO_POSITION: {}}
-    for task, aucs in by_task.items():
-        rows[TRUTH][task] = aucs["truth_auc"]
-        if "truth_auc_no_position" in aucs:
-            rows[TRUTH_NO_POSITION][task] = aucs["truth_auc_no_position"]
+    logs_dir = os.path.dirname(log_glob)
+    files = {(TRUTH, TRUTH_NO_POSITION): os.path.join(logs_dir, simulator.TRUTH_FILE_NAME),
+             (CEILING, CEILING_NO_POSITION): ceiling.write_ceiling(
+                 logs_dir, impressions, days, seed, config.split.eval_days)}
+    rows: Dict[str, Dict[str, float]] = {}
+    for (with_position, no_position), path in files.items():
+        rows[with_position], rows[no_position] = {}, {}
+        for task, aucs in truth.truth_auc(path, outputs.examples, config).items():
+            rows[with_position][task] = aucs["truth_auc"]
+            if "truth_auc_no_position" in aucs:
+                rows[no_position][task] = aucs["truth_auc_no_position"]
     return rows
 
 
@@ -187,7 +203,7 @@ def run(work_dir: str, impressions: int, days: int, models: List[str], seed: int
         aucs[REFERENCE] = fit_and_score(outputs.examples, config, config.training.seed)
         seconds[REFERENCE] = round(time.time() - started, 1)
         print(f"{REFERENCE}: {aucs[REFERENCE]} ({seconds[REFERENCE]} s)", flush=True)
-    aucs.update(truth_aucs(log_glob, outputs, config))
+    aucs.update(truth_aucs(log_glob, impressions, days, seed, outputs, config))
     return {"aucs": aucs, "train_s": seconds,
             "transform_s": sum({o.transform_graph: o.transform_s
                                 for o in outputs_of.values()}.values()),
@@ -201,8 +217,7 @@ def gaps(result: dict) -> Dict[str, Dict[str, float]]:
     """{model: {task: its AUC minus the position-free truth's}} (the truth
     with position for logs written before the truth file had both)."""
     truth = {**result["aucs"][TRUTH], **result["aucs"][TRUTH_NO_POSITION]}
-    trained = {row: aucs for row, aucs in result["aucs"].items()
-               if row not in (TRUTH, TRUTH_NO_POSITION)}
+    trained = {row: aucs for row, aucs in result["aucs"].items() if row not in NOT_TRAINED}
     return {row: {task: round(auc - truth[task], 4) for task, auc in aucs.items()}
             for row, aucs in trained.items()}
 
@@ -233,7 +248,9 @@ def format_table(result: dict) -> str:
         f"[against '{REFERENCE}', the in-memory Keras model of benchmarks/reference.py]",
         f"{result['impressions']:,} simulated impressions over {result['days']} days; AUC on the "
         "eval split (last day). Served scores are position-free: compare click with "
-        f"'{TRUTH_NO_POSITION}'; '{TRUTH}' is the ceiling for a score that knows the position.",
+        f"'{TRUTH_NO_POSITION}'; '{TRUTH}' is the ceiling for a score that knows the position. "
+        f"'{CEILING_NO_POSITION}': the truth with each user's vectors fitted from the train "
+        "days (simulator/ceiling.py), the ceiling within reach of a model.",
     ])
 
 

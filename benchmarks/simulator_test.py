@@ -20,9 +20,12 @@ def test_simulator_benchmark_end_to_end(tmp_path):
     aucs = json.loads(out.read_text())
     alone = [row for row in aucs if row.startswith("shared_bottom+alone (")]
     assert list(aucs) == (alone + ["shared_bottom", "shared_bottom+position+epochs=1",
-                                   "reference", "truth", "truth (no position)"])
+                                   "reference", "truth", "truth (no position)",
+                                   "truth, users fitted", "truth, users fitted (no position)"])
     tasks = set(aucs["truth"])
     assert {"click", "purchase"} <= tasks and set(aucs["truth (no position)"]) == tasks
+    for row in ("truth, users fitted", "truth, users fitted (no position)"):
+        assert set(aucs[row]) == tasks and all(0.5 < auc < 1.0 for auc in aucs[row].values())
     assert sorted(alone) == sorted(f"shared_bottom+alone ({task})" for task in aucs["shared_bottom"])
     for row in alone:
         assert len(aucs[row]) == 1  # one task per model

@@ -46,6 +46,7 @@ DEVICE_SHARE = (0.6, 0.3, 0.1)
 COUNTRIES = ("US", "GB", "DE", "FR", "BR", "IN", "JP", "CA")
 COUNTRY_SHARE = (0.3, 0.1, 0.1, 0.08, 0.12, 0.15, 0.08, 0.07)
 REQUEST_SIZE = (5, 10)  # items shown per request, inclusive
+START_DATE = "2026-11-01"
 
 # Target rates the biases are calibrated to (fractions of impressions).
 CLICK_RATE = 0.07
@@ -280,6 +281,26 @@ def _draw_impressions(rng: np.random.Generator, population: _Population, impress
 
 
 @dataclasses.dataclass
+class _LogitTerms:
+    """Each model's logit without its user-item affinities and its bias: the
+    part a model could learn from the context and item alone."""
+
+    click: np.ndarray
+    purchase: np.ndarray
+    like: np.ndarray
+    position_factor: np.ndarray  # multiplies the click probability
+
+
+@dataclasses.dataclass
+class _Biases:
+    """The biases calibrated to the target rates."""
+
+    click: float
+    purchase: float
+    like: float
+
+
+@dataclasses.dataclass
 class _Probabilities:
     """The generating probabilities of each impression."""
 
@@ -288,40 +309,58 @@ class _Probabilities:
     purchase_given_click: np.ndarray
     like_given_click: np.ndarray
     affinity: np.ndarray  # also drives dwell time
+    biases: _Biases
 
 
-def _probabilities(population: _Population, imps: _Impressions) -> _Probabilities:
-    """The click, purchase and like models, with biases calibrated to the
-    target rates."""
+def _logit_terms(population: _Population, imps: _Impressions) -> _LogitTerms:
     user, item = imps.user, imps.item
     segment = population.user_segment[user]
-    affinity = np.einsum("ij,ij->i", population.user_vec[user], population.item_vec[item])
-    click_logit = (affinity + population.item_quality[item]
-                   + population.device_category[imps.device, population.item_category[item]]
-                   + population.hour_bias[imps.hour]
-                   + population.country_bias[imps.country]
-                   + np.take(SEGMENT_CLICK_BIAS, segment))
-    position_factor = (1.0 + imps.position) ** -POSITION_DECAY
-    click_logit += _calibrate_bias(click_logit, position_factor, CLICK_RATE)
-    p_click_no_position = _sigmoid(click_logit)
-    p_click = p_click_no_position * position_factor
-
+    click = (population.item_quality[item]
+             + population.device_category[imps.device, population.item_category[item]]
+             + population.hour_bias[imps.hour]
+             + population.country_bias[imps.country]
+             + np.take(SEGMENT_CLICK_BIAS, segment))
     # Older users mind prices less.
     log_price = np.log(population.item_price)
     price_z = (log_price - log_price.mean()) / (log_price.std() + 1e-9)
     price_sensitivity = np.clip(1.0 - 0.02 * (population.user_age[user] - 38), 0.2, 2.0)
-    purchase_logit = (0.7 * affinity
-                      + np.einsum("ij,ij->i", population.user_buy_vec[user],
-                                  population.item_buy_vec[item])
-                      - price_sensitivity * price_z[item])
-    purchase_logit += _calibrate_bias(purchase_logit, p_click, PURCHASE_RATE)
+    return _LogitTerms(click=click, purchase=-price_sensitivity * price_z[item],
+                       like=np.take(SEGMENT_LIKE_BIAS, segment),
+                       position_factor=(1.0 + imps.position) ** -POSITION_DECAY)
 
-    like_logit = 1.2 * affinity + np.take(SEGMENT_LIKE_BIAS, segment)
-    like_logit += _calibrate_bias(like_logit, p_click, LIKE_GIVEN_CLICK * CLICK_RATE)
+
+def _probabilities(population: _Population, imps: _Impressions,
+                   user_vec: Optional[np.ndarray] = None,
+                   user_buy_vec: Optional[np.ndarray] = None,
+                   biases: Optional[_Biases] = None) -> _Probabilities:
+    """The click, purchase and like models, with biases calibrated to the
+    target rates. `user_vec`, `user_buy_vec` and `biases` replace the
+    population's vectors and the calibration (simulator/ceiling.py puts
+    fitted user vectors in)."""
+    terms = _logit_terms(population, imps)
+    user, item = imps.user, imps.item
+    user_vec = population.user_vec if user_vec is None else user_vec
+    user_buy_vec = population.user_buy_vec if user_buy_vec is None else user_buy_vec
+    affinity = np.einsum("ij,ij->i", user_vec[user], population.item_vec[item])
+    click_logit = terms.click + affinity
+    click_bias = (biases.click if biases is not None
+                  else _calibrate_bias(click_logit, terms.position_factor, CLICK_RATE))
+    p_click_no_position = _sigmoid(click_logit + click_bias)
+    p_click = p_click_no_position * terms.position_factor
+
+    purchase_logit = (0.7 * affinity
+                      + np.einsum("ij,ij->i", user_buy_vec[user], population.item_buy_vec[item])
+                      + terms.purchase)
+    like_logit = 1.2 * affinity + terms.like
+    if biases is None:
+        biases = _Biases(
+            click=click_bias,
+            purchase=_calibrate_bias(purchase_logit, p_click, PURCHASE_RATE),
+            like=_calibrate_bias(like_logit, p_click, LIKE_GIVEN_CLICK * CLICK_RATE))
     return _Probabilities(
         click_no_position=p_click_no_position, click=p_click,
-        purchase_given_click=_sigmoid(purchase_logit),
-        like_given_click=_sigmoid(like_logit), affinity=affinity)
+        purchase_given_click=_sigmoid(purchase_logit + biases.purchase),
+        like_given_click=_sigmoid(like_logit + biases.like), affinity=affinity, biases=biases)
 
 
 def _delay_ms(rng: np.random.Generator, mean_s: float, upper_s: float, size: int) -> np.ndarray:
@@ -396,8 +435,61 @@ def _shuffle_feedback(seed: int, feedback: str, kind: np.ndarray, impression_of:
     impression_of[moved] = targets
 
 
+@dataclasses.dataclass
+class Simulation:
+    """What one generator draws, before it is written as logs."""
+
+    population: _Population
+    impressions: _Impressions
+    probabilities: _Probabilities
+    events: tuple  # (kind, impression, ts, value): see _draw_events
+
+
+def draw(rng: np.random.Generator, impressions: int, days: int,
+         start_date: str = START_DATE) -> Simulation:
+    """Users, items, impressions, their probabilities and events, drawn from
+    `rng` in the order `simulate` writes them from its seed."""
+    if impressions < 1 or days < 1:
+        raise ValueError("impressions and days must be at least 1")
+    population = _draw_population(rng, impressions)
+    imps = _draw_impressions(rng, population, impressions, days,
+                             datetime.date.fromisoformat(start_date))
+    probs = _probabilities(population, imps)
+    return Simulation(population, imps, probs, _draw_events(rng, population, imps, probs))
+
+
+def request_id(number: int) -> str:
+    return f"r{number:07d}"
+
+
+def item_id(number: int) -> str:
+    return f"i{number:05d}"
+
+
+def write_probabilities(path: str, imps: _Impressions, probs: _Probabilities,
+                        rows: np.ndarray) -> None:
+    """Writes the truth file's format for the impressions numbered `rows`:
+    request_id, item_id, ts, and p_<type> and p_<type>_no_position. Every
+    feedback follows a click, so each is p(click) x p(type | click), with
+    and without the position factor."""
+    given_click = {"click": 1.0, "purchase": probs.purchase_given_click,
+                   "like": probs.like_given_click, "dwell": DWELL_GIVEN_CLICK}
+    columns = {}
+    for feedback in FEEDBACK_TYPES:
+        p_given_click = np.broadcast_to(given_click[feedback], probs.click.shape)[rows]
+        columns[f"p_{feedback}"] = _significant(probs.click[rows] * p_given_click)
+        columns[f"p_{feedback}_no_position"] = _significant(
+            probs.click_no_position[rows] * p_given_click)
+    names = list(columns)
+    _write_gzip_lines(path, [
+        _to_json({"request_id": request_id(r), "item_id": item_id(i), "ts": t,
+                  **dict(zip(names, values))})
+        for r, i, t, *values in zip(imps.request[rows].tolist(), imps.item[rows].tolist(),
+                                    _rfc3339(imps.ts[rows]), *columns.values())])
+
+
 def simulate(out_dir: str, impressions: int = 20000, days: int = 7, seed: int = 0,
-             start_date: str = "2026-11-01", shuffle_feedback: Optional[str] = None) -> dict:
+             start_date: str = START_DATE, shuffle_feedback: Optional[str] = None) -> dict:
     """Writes simulated logs to `out_dir` and returns counts of what was written.
 
     Writes out_dir/events-YYYY-MM-DD.jsonl.gz (one gzip JSON Lines file per
@@ -415,22 +507,18 @@ def simulate(out_dir: str, impressions: int = 20000, days: int = 7, seed: int = 
     Returns {"impressions": N, "events": lines written to event files,
     "feedback": {type: count}, "files": [event file paths, sorted]}.
     """
-    if impressions < 1 or days < 1:
-        raise ValueError("impressions and days must be at least 1")
-    first_day = datetime.date.fromisoformat(start_date)
     rng = np.random.default_rng(seed)
-    population = _draw_population(rng, impressions)
-    imps = _draw_impressions(rng, population, impressions, days, first_day)
-    probs = _probabilities(population, imps)
-    kind, impression_of, ts, value = _draw_events(rng, population, imps, probs)
+    drawn = draw(rng, impressions, days, start_date)
+    population, imps, probs = drawn.population, drawn.impressions, drawn.probabilities
+    kind, impression_of, ts, value = drawn.events
     if shuffle_feedback is not None:
         _shuffle_feedback(seed, shuffle_feedback, kind, impression_of, ts, imps.ts)
     day = ts // MS_PER_DAY
     order = np.lexsort((rng.random(len(ts)), day))  # by day, shuffled within it
 
-    request_ids = [f"r{r:07d}" for r in range(imps.request[-1] + 1)]
+    request_ids = [request_id(r) for r in range(imps.request[-1] + 1)]
     user_ids = [f"u{u:06d}" for u in range(len(population.user_vec))]
-    item_ids = [f"i{i:05d}" for i in range(len(population.item_vec))]
+    item_ids = [item_id(i) for i in range(len(population.item_vec))]
     imp_request = [request_ids[r] for r in imps.request.tolist()]
     imp_user = [user_ids[u] for u in imps.user.tolist()]
     imp_item = [item_ids[i] for i in imps.item.tolist()]
@@ -458,20 +546,8 @@ def simulate(out_dir: str, impressions: int = 20000, days: int = 7, seed: int = 
         _write_gzip_lines(path, lines[start:start + count])
         files.append(path)
 
-    # p_<type> and p_<type>_no_position: every feedback follows a click, so
-    # each is p(click) x p(type | click), with and without the position factor.
-    given_click = {"click": 1.0, "purchase": probs.purchase_given_click,
-                   "like": probs.like_given_click, "dwell": DWELL_GIVEN_CLICK}
-    columns = {}
-    for feedback in FEEDBACK_TYPES:
-        columns[f"p_{feedback}"] = _significant(probs.click * given_click[feedback])
-        columns[f"p_{feedback}_no_position"] = _significant(
-            probs.click_no_position * given_click[feedback])
-    names = list(columns)
-    _write_gzip_lines(os.path.join(out_dir, TRUTH_FILE_NAME), [
-        _to_json({"request_id": r, "item_id": i, "ts": t, **dict(zip(names, values))})
-        for r, i, t, *values in zip(imp_request, imp_item, _rfc3339(imps.ts),
-                                    *columns.values())])
+    write_probabilities(os.path.join(out_dir, TRUTH_FILE_NAME), imps, probs,
+                        np.arange(impressions))
 
     feedback_counts = np.bincount(kind, minlength=len(FEEDBACK_TYPES) + 1)[1:]
     return {
