@@ -436,10 +436,17 @@ class TrainingConfig(_Section):
     """Steps rising linearly from 0 to learning_rate first."""
     weight_decay: NonNegativeFloat = 0.0
     """Above 0: AdamW with this decoupled weight decay instead of Adam."""
+    lazy_adam: bool = False
+    """Adam that updates only the embedding rows each batch looks up (LazyAdam); not with weight_decay."""
     ema_momentum: Fraction = 0.0
     """Above 0: evaluate, keep and export an exponential moving average of the weights."""
     checkpoint_dir: Optional[str] = None
     """Where a run keeps its resume checkpoint (unset: beside the model_run directories)."""
+
+    @_check
+    def _one_optimizer(self):
+        if self.lazy_adam and self.weight_decay:
+            yield ("lazy_adam",), "applies to Adam, not to AdamW (weight_decay above 0)"
 
 
 # ModelConfig fields that apply only to some choices: (deciding field, choices).

@@ -302,7 +302,7 @@ def test_every_problem_is_reported_on_its_own_line():
         "'validation_interval_steps', 'train_steps', 'eval_steps', 'batch_size', "
         "'learning_rate', 'bottom_units', "
         "'tower_units', 'seed', 'gpus', 'gpu_type', 'mixed_precision', 'lr_schedule', "
-        "'warmup_steps', 'weight_decay', 'ema_momentum', 'checkpoint_dir']"]
+        "'warmup_steps', 'weight_decay', 'lazy_adam', 'ema_momentum', 'checkpoint_dir']"]
 
 
 def test_duplicate_feature_names():
@@ -824,6 +824,15 @@ def test_training_schedule_precision_and_checkpoint_errors(field, value, expecte
     raw = _raw()
     raw["training"] = {field: value}
     assert expected in _error(raw)
+
+
+def test_lazy_adam_is_not_combined_with_adamw():
+    raw = _raw()
+    raw["training"] = {"lazy_adam": True, "weight_decay": 0.01}
+    assert _error(raw) == ("training.lazy_adam: applies to Adam, not to AdamW "
+                           "(weight_decay above 0)")
+    raw["training"] = {"lazy_adam": True}
+    assert config_lib.config_from_dict(raw).training.lazy_adam
 
 
 def test_piecewise_linear_feature_keeps_its_bins_and_width():

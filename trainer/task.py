@@ -34,6 +34,7 @@ from mtrank.base import layout
 from mtrank.base import config as config_lib
 from mtrank.base.keras_env import check_legacy_keras
 from mtrank.serving import signatures
+from mtrank.trainer.lazy_adam import LazyAdam
 from mtrank.trainer.model import MultiTaskRankingModel
 from mtrank.trainer.weight_averaging import WeightAveraging
 
@@ -165,9 +166,12 @@ def build_model(config: config_lib.Config, lr=None) -> MultiTaskRankingModel:
 
 
 def optimizer(training: config_lib.TrainingConfig, lr) -> tf.keras.optimizers.Optimizer:
-    """Adam, or AdamW when `training.weight_decay` is set."""
+    """Adam, LazyAdam when `training.lazy_adam` is set, or AdamW when
+    `training.weight_decay` is."""
     if training.weight_decay:
         return tf.keras.optimizers.AdamW(lr, weight_decay=training.weight_decay)
+    if training.lazy_adam:
+        return LazyAdam(lr)
     return tf.keras.optimizers.Adam(lr)
 
 

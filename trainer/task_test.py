@@ -20,6 +20,7 @@ from tfx.types import artifact_utils, standard_artifacts
 
 from mtrank.base import config as config_lib
 from mtrank.trainer import task as task_lib
+from mtrank.trainer.lazy_adam import LazyAdam
 from mtrank_testing import trainer_util as tu
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -277,6 +278,10 @@ def test_weight_decay_selects_adamw_that_shrinks_weights_without_gradient():
     adamw.apply_gradients([(tf.zeros(2), weight)])
     # Decoupled decay: w -= lr * weight_decay * w, with a zero gradient.
     np.testing.assert_allclose(weight.numpy(), [1.9, -1.9], rtol=1e-5)
+
+
+def test_lazy_adam_selects_lazy_adam():
+    assert type(task_lib.optimizer(_config(lazy_adam=True).training, 0.01)) is LazyAdam
 
 
 def test_mixed_precision_only_with_a_gpu():
