@@ -341,7 +341,9 @@ def _run_script(mode, inputs, out_dir, env_extra=None):
                CUDA_VISIBLE_DEVICES="", **(env_extra or {}))
     return subprocess.Popen(
         [sys.executable, "-c", _TRAIN_SCRIPT, mode, inputs["examples"], inputs["transform"],
-         str(out_dir), json.dumps({**TRAINING, "epochs": 2})],
+         # LazyAdam, as inferred configs train: its sparse updates of
+         # mirrored variables are the trainer's own code, Adam's are Keras'.
+         str(out_dir), json.dumps({**TRAINING, "epochs": 2, "lazy_adam": True})],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
