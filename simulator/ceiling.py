@@ -79,7 +79,8 @@ def fitted_probabilities(drawn: logs.Simulation, train: np.ndarray) -> "logs._Pr
     affinity = np.einsum("ij,ij->i", user_vec[imps.user], item_vec)
     user_buy_vec = fit_user_vectors(
         imps.user[clicked], population.item_buy_vec[imps.item[clicked]],
-        (0.7 * affinity + terms.purchase + truth.biases.purchase)[clicked],
+        (logs.PURCHASE_AFFINITY_WEIGHT * affinity + terms.purchase
+         + truth.biases.purchase)[clicked],
         np.ones(int(clicked.sum())), outcomes["purchase"][clicked], n_users)
     return logs._probabilities(population, imps, user_vec, user_buy_vec, truth.biases)
 

@@ -54,6 +54,8 @@ PURCHASE_RATE = 0.01
 LIKE_GIVEN_CLICK = 0.25
 DWELL_GIVEN_CLICK = 0.9
 POSITION_DECAY = 0.7
+# The click affinity's weight in the purchase logit (beside a purchase-only affinity).
+PURCHASE_AFFINITY_WEIGHT = 0.7
 
 MS_PER_S = 1000
 MS_PER_HOUR = 3_600_000
@@ -348,7 +350,7 @@ def _probabilities(population: _Population, imps: _Impressions,
     p_click_no_position = _sigmoid(click_logit + click_bias)
     p_click = p_click_no_position * terms.position_factor
 
-    purchase_logit = (0.7 * affinity
+    purchase_logit = (PURCHASE_AFFINITY_WEIGHT * affinity
                       + np.einsum("ij,ij->i", user_buy_vec[user], population.item_buy_vec[item])
                       + terms.purchase)
     like_logit = 1.2 * affinity + terms.like
