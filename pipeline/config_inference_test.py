@@ -84,6 +84,27 @@ def test_model_name(inferred):
 def test_model_is_the_best_measured_on_simulated_logs(inferred):
     assert inferred.model.architecture == "shared_bottom"
     assert inferred.model.cross_layers == 2
+    assert inferred.training.lazy_adam
+
+
+def test_funnel_roots_get_a_position_tower_when_impressions_give_positions(tmp_path):
+    config = ci.infer_config(_funnel_logs(tmp_path, {"click": EVERY_2ND,
+                                                     "purchase": EVERY_8TH,
+                                                     "share": range(0, 10_000, 3)}))
+    assert _depends_on(config) == {"click": None, "share": None, "purchase": "click"}
+    assert config.model.position_tasks == ["click", "share"]
+
+
+@pytest.mark.parametrize("with_position", [0.4, 0.5])
+def test_no_position_tower_when_most_impressions_have_no_position(tmp_path, with_position):
+    n = 200
+    events = [_imp(i, {"device": "m"}) for i in range(n)]
+    for i, event in enumerate(events):
+        if i >= with_position * n:
+            del event["position"]
+    events += [_fb("click", i) for i in range(0, n, 2)]
+    config = ci.infer_config(_write(tmp_path / "l.gz", events))
+    assert config.model.position_tasks == (["click"] if with_position >= 0.5 else [])
 
 
 def test_feature_set(inferred):
