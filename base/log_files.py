@@ -185,10 +185,15 @@ def iter_log_lines(pattern: str) -> Iterator[Tuple[str, Union[bytes, log_contrac
             yield path, record
 
 
+def parse_record(record: Union[bytes, log_contract.DeadLetter], path: str
+                 ) -> Union[log_contract.Event, log_contract.DeadLetter]:
+    """A record of `iter_log_lines`, parsed: an Event or a DeadLetter."""
+    if isinstance(record, log_contract.DeadLetter):
+        return record
+    return log_contract.parse_event(record, path)
+
+
 def iter_events(pattern: str) -> Iterator[Union[log_contract.Event, log_contract.DeadLetter]]:
     """Every line of the matching files, parsed: an Event or a DeadLetter."""
     for path, record in iter_log_lines(pattern):
-        if isinstance(record, log_contract.DeadLetter):
-            yield record
-        else:
-            yield log_contract.parse_event(record, path)
+        yield parse_record(record, path)

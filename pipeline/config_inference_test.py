@@ -235,12 +235,33 @@ def test_reads_plain_and_gzip_files_of_a_directory(tmp_path):
     assert config.feature("zipped").kind == "categorical"
 
 
-def test_sample_lines_limits_what_is_read(tmp_path):
-    events = [_imp(0, {"a": 1}), _fb("click", 0), _imp(1, {"late": "x"}), _fb("like", 1)]
-    path = _write(tmp_path / "l.gz", events)
-    config = ci.infer_config(path, sample_lines=2)
+def test_sample_reads_whole_files_until_it_has_sample_lines(tmp_path):
+    _write(tmp_path / "day1.gz", [_imp(0, {"a": 1}), _imp(1, {"b": 1}), _fb("click", 0)])
+    _write(tmp_path / "day2.gz", [_imp(2, {"late": "x"}), _fb("like", 2)])
+    config = ci.infer_config(str(tmp_path / "day*.gz"), sample_lines=2)
+    assert [f.name for f in config.features] == ["user_id", "item_id", "a", "b"]
+    assert [t.feedback for t in config.tasks] == ["click"]
+
+
+def test_one_file_beyond_the_sample_is_read_up_to_its_cap(tmp_path):
+    cap = ci.MAX_SAMPLE_FACTOR * 2
+    events = [_imp(i, {"a": 1}) for i in range(cap - 1)] + [_fb("click", 0)]
+    events += [_imp(cap, {"late": "x"}), _fb("like", cap)]
+    config = ci.infer_config(_write(tmp_path / "l.gz", events), sample_lines=2)
     assert [f.name for f in config.features] == ["user_id", "item_id", "a"]
     assert [t.feedback for t in config.tasks] == ["click"]
+
+
+def test_a_funnel_is_seen_when_a_file_has_its_clicks_after_the_sample_size(tmp_path):
+    # Lines out of time order, as in logs merged from several writers: the
+    # purchases come first, their clicks after the first sample_lines lines.
+    n = 8 * ci.FUNNEL_MIN_IMPRESSIONS
+    events = [_imp(i, {"device": "m"}) for i in range(n)]
+    events += [_fb("purchase", i) for i in EVERY_8TH if i < n]
+    events += [_fb("click", i) for i in EVERY_2ND if i < n]
+    path = _write(tmp_path / "l.gz", events)
+    config = ci.infer_config(path, sample_lines=n + n // 8 + 1)
+    assert _depends_on(config) == {"click": None, "purchase": "click"}
 
 
 def test_inferred_config_passes_validation_and_round_trips(inferred):
