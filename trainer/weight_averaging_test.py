@@ -46,13 +46,13 @@ def _expected_average(steps):
     return average
 
 
-def _fit(epochs, steps, validation=True, extra=()):
+def _fit(epochs, steps, validation=True, extra=(), interval=1):
     model = _Counter()
     model.compile(optimizer=tf.keras.optimizers.SGD(1.0))
     data = tf.data.Dataset.from_tensors(tf.zeros([1])).repeat(steps)
     record = _Record()
     history = model.fit(data, epochs=epochs, validation_data=data if validation else None,
-                        callbacks=[WeightAveraging(MOMENTUM), record, *extra], verbose=0)
+                        callbacks=[WeightAveraging(MOMENTUM, interval), record, *extra], verbose=0)
     return model, record, history
 
 
@@ -93,9 +93,39 @@ def test_a_model_built_by_its_first_step_is_averaged():
     x, y = tf.ones([8, 2]), tf.fill([8, 1], 3.0)
     raw = _LastRawWeights()
     history = model.fit(x, y, batch_size=4, epochs=2, validation_data=(x, y),
-                        callbacks=[WeightAveraging(MOMENTUM), raw], verbose=0)
+                        callbacks=[WeightAveraging(MOMENTUM, 1), raw], verbose=0)
     # The model ends with averaged weights, not the last step's, and they
     # are the ones the last eval scored.
     assert not np.allclose(model.get_weights()[0], raw.weights[0])
     assert model.evaluate(x, y, verbose=0) == pytest.approx(
         history.history["val_loss"][-1], rel=1e-5)
+
+
+def _expected_average_every(steps, interval):
+    """As _expected_average, the averages updated every `interval` steps
+    with that many steps' momentum, and the last steps averaged in before
+    the eval."""
+    average, t, pending = 1.0, 0, 0
+    for step in range(2, steps + 1):
+        pending += 1
+        if pending == interval or step == steps:
+            t += pending
+            momentum = min(MOMENTUM, (1 + t) / (10 + t)) ** pending
+            average = momentum * average + (1 - momentum) * step
+            pending = 0
+    return average
+
+
+@pytest.mark.parametrize("steps", [7, 8])  # the eval after a whole interval, and inside one
+def test_averages_updated_every_few_steps_include_the_last_steps(steps):
+    model, record, _ = _fit(epochs=1, steps=steps, interval=3)
+    assert record.eval_weights == pytest.approx([_expected_average_every(steps, 3)])
+    assert float(model.w.numpy()) == pytest.approx(_expected_average_every(steps, 3))
+
+
+def test_updating_every_ten_steps_stays_within_five_steps_of_every_step():
+    # The weight counts the steps: the averages differ by how many steps
+    # they lag behind, which the interval shifts by at most half of itself.
+    every_step = _expected_average(300)
+    _, record, _ = _fit(epochs=1, steps=300, interval=10)
+    assert 0 < abs(record.eval_weights[0] - every_step) <= 5
