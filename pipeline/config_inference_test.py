@@ -85,6 +85,7 @@ def test_model_is_the_best_measured_on_simulated_logs(inferred):
     assert inferred.model.architecture == "shared_bottom"
     assert inferred.model.cross_layers == 2
     assert inferred.training.lazy_adam
+    assert inferred.training.ema_momentum == ci.INFERRED_EMA_MOMENTUM > 0
 
 
 def test_funnel_roots_get_a_position_tower_when_impressions_give_positions(tmp_path):
