@@ -100,7 +100,10 @@ def pipeline_runs(tmp_path_factory):
     # these logs and on the shuffled ones, so the test pins that model, with
     # independent tasks: the inferred funnel (dwell depends_on click) trains
     # click on dwell's labels too, which moved click to 0.530 here.
+    # The same for the training: with the inferred weight averaging the
+    # model of noise clicks reached 0.532.
     config["model"] = {"architecture": "shared_bottom"}
+    config["training"]["ema_momentum"] = 0.0
     for task in config["tasks"]:
         task.pop("depends_on", None)
     config["validation"] = {"slices": [["device"]], "min_slice_size": 250,
