@@ -36,13 +36,19 @@ class _Record(tf.keras.callbacks.Callback):
         self.eval_weights.append(float(self.model.w.numpy()))
 
 
-def _expected_average(steps):
+def _expected_average(steps, interval=1):
     """The average starts from the weights after the first step (1); the
-    momentum ramps up as min(MOMENTUM, (1 + t) / (10 + t)), t the update."""
-    average = 1.0
-    for t, step in enumerate(range(2, steps + 1), start=1):
-        momentum = min(MOMENTUM, (1 + t) / (10 + t))
-        average = momentum * average + (1 - momentum) * step
+    momentum ramps up as min(MOMENTUM, (1 + t) / (10 + t)), t the steps
+    averaged so far. Updated every `interval` steps with that many steps'
+    momentum, and the last steps averaged in before the eval."""
+    average, t, pending = 1.0, 0, 0
+    for step in range(2, steps + 1):
+        pending += 1
+        if pending == interval or step == steps:
+            t += pending
+            momentum = min(MOMENTUM, (1 + t) / (10 + t)) ** pending
+            average = momentum * average + (1 - momentum) * step
+            pending = 0
     return average
 
 
@@ -101,26 +107,11 @@ def test_a_model_built_by_its_first_step_is_averaged():
         history.history["val_loss"][-1], rel=1e-5)
 
 
-def _expected_average_every(steps, interval):
-    """As _expected_average, the averages updated every `interval` steps
-    with that many steps' momentum, and the last steps averaged in before
-    the eval."""
-    average, t, pending = 1.0, 0, 0
-    for step in range(2, steps + 1):
-        pending += 1
-        if pending == interval or step == steps:
-            t += pending
-            momentum = min(MOMENTUM, (1 + t) / (10 + t)) ** pending
-            average = momentum * average + (1 - momentum) * step
-            pending = 0
-    return average
-
-
 @pytest.mark.parametrize("steps", [7, 8])  # the eval after a whole interval, and inside one
 def test_averages_updated_every_few_steps_include_the_last_steps(steps):
     model, record, _ = _fit(epochs=1, steps=steps, interval=3)
-    assert record.eval_weights == pytest.approx([_expected_average_every(steps, 3)])
-    assert float(model.w.numpy()) == pytest.approx(_expected_average_every(steps, 3))
+    assert record.eval_weights == pytest.approx([_expected_average(steps, 3)])
+    assert float(model.w.numpy()) == pytest.approx(_expected_average(steps, 3))
 
 
 def test_updating_every_ten_steps_stays_within_five_steps_of_every_step():
