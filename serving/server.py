@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import threading
@@ -41,6 +42,7 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
+    model_pb2,
     model_management_pb2,
     predict_pb2,
     regression_pb2,
@@ -294,44 +296,52 @@ class ModelServer:
                                "the deadline passed while the request waited for its batch"
                                ) from None
 
-    def signature_def(self, loaded: model_store.LoadedModel, name: str, method: Optional[str]):
+    def signature(self, loaded: model_store.LoadedModel, name: str, method: Optional[str]
+                  ) -> model_store.SignatureInfo:
         """The version's signature `name`; INVALID_ARGUMENT when it has none, or
         when `method` is set and the signature has another method."""
-        signature = loaded.signature_defs.get(name)
+        signature = loaded.signature_infos.get(name)
         if signature is None:
             raise invalid(f"signature '{name}' not found in model '{loaded.name}' version "
-                          f"{loaded.version}; signatures: {sorted(loaded.signature_defs)}")
-        if method is not None and signature.method_name != method:
-            raise invalid(f"signature '{name}' is a {signature.method_name or 'predict'} "
+                          f"{loaded.version}; signatures: {sorted(loaded.signature_infos)}")
+        if method is not None and signature.method != method:
+            raise invalid(f"signature '{name}' is a {signature.method or 'predict'} "
                           f"signature, not {method}")
         return signature
 
     # PredictionService.
 
-    def predict(self, request: predict_pb2.PredictRequest,
-                deadline: Optional[float] = None, loaded=None) -> predict_pb2.PredictResponse:
-        """Any signature, on named input tensors; `output_filter` selects outputs."""
+    def predict_outputs(self, request: predict_pb2.PredictRequest,
+                        deadline: Optional[float] = None, loaded=None
+                        ) -> Tuple[model_store.LoadedModel, str, Dict[str, np.ndarray]]:
+        """Predict's outputs by name, in name order, and the version and
+        signature that made them: any signature, on named input tensors;
+        `output_filter` selects outputs."""
         loaded = loaded or self.manager.resolve(request.model_spec)
         name = request.model_spec.signature_name or contract.SERVING_DEFAULT
-        signature = self.signature_def(loaded, name, None)
-        wanted = list(request.output_filter) or sorted(signature.outputs)
-        unknown = sorted(set(wanted) - set(signature.outputs))
-        if unknown:
-            raise invalid(f"output_filter names unknown outputs {unknown}; outputs of "
-                          f"'{name}': {sorted(signature.outputs)}")
+        signature = self.signature(loaded, name, None)
+        wanted = signature.outputs
+        if request.output_filter:
+            wanted = tuple(sorted(set(request.output_filter)))
+            unknown = [key for key in wanted if key not in signature.outputs]
+            if unknown:
+                raise invalid(f"output_filter names unknown outputs {unknown}; outputs of "
+                              f"'{name}': {list(signature.outputs)}")
         inputs, size = tensors.decode_inputs(name, signature, request.inputs, loaded.spec,
                                              self.options.max_values_per_input)
-        outputs = self._execute(loaded, name, inputs, size, sorted(set(wanted)), deadline)
-        response = predict_pb2.PredictResponse()
-        self._echo(response.model_spec, loaded, name)
-        for key in sorted(set(wanted)):
-            tensors.to_tensor_proto(outputs[key], response.outputs[key])
-        return response
+        return loaded, name, self._execute(loaded, name, inputs, size, wanted, deadline)
+
+    def predict(self, request: predict_pb2.PredictRequest,
+                deadline: Optional[float] = None, loaded=None) -> bytes:
+        """The serialized PredictResponse to `request` (predict_outputs)."""
+        loaded, name, outputs = self.predict_outputs(request, deadline, loaded)
+        return tensors.predict_response_bytes(
+            _model_spec_bytes(loaded.name, loaded.version, name), outputs)
 
     def _examples_signature(self, loaded, request, method: str):
         name = request.model_spec.signature_name or contract.SERVING_DEFAULT
-        signature = self.signature_def(loaded, name, method)
-        (input_key,) = signature.inputs
+        signature = self.signature(loaded, name, method)
+        (input_key,) = (signature_input.name for signature_input in signature.inputs)
         examples = _examples_from_input(request.input)
         tensors.check_examples_parse(input_key, examples, loaded.spec)
         if examples.size > self.options.max_values_per_input:
@@ -346,8 +356,8 @@ class ModelServer:
         loaded = loaded or self.manager.resolve(request.model_spec)
         name, signature, inputs, size = self._examples_signature(
             loaded, request, contract.CLASSIFY_METHOD)
-        keys = sorted(k for k in signature.outputs
-                      if k in (contract.CLASSIFY_CLASSES, contract.CLASSIFY_SCORES))
+        keys = [k for k in signature.outputs
+                if k in (contract.CLASSIFY_CLASSES, contract.CLASSIFY_SCORES)]
         outputs = self._execute(loaded, name, inputs, size, keys, deadline)
         response = classification_pb2.ClassificationResponse()
         self._echo(response.model_spec, loaded, name)
@@ -512,6 +522,19 @@ def _labels(model_server: ModelServer, method_name: str, request) -> Tuple[str, 
     return model_server.served_model_label(spec.name), signature
 
 
+@functools.lru_cache(maxsize=256)
+def _model_spec_bytes(name: str, version: int, signature: str) -> bytes:
+    """The serialized ModelSpec a response names its version and signature with."""
+    spec = model_pb2.ModelSpec(name=name, signature_name=signature)
+    spec.version.value = version
+    return spec.SerializeToString()
+
+
+def _serialized(response) -> bytes:
+    """A response message serialized; Predict's comes serialized already."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 def _handler(model_server: ModelServer, method_name: str, request_class, method: Callable):
     """A unary handler taking the raw request bytes, so that undecodable and
     oversized requests get INVALID_ARGUMENT rather than gRPC's INTERNAL."""
@@ -542,7 +565,7 @@ def _handler(model_server: ModelServer, method_name: str, request_class, method:
 
     return grpc.unary_unary_rpc_method_handler(
         handle, request_deserializer=None,
-        response_serializer=lambda message: message.SerializeToString())
+        response_serializer=_serialized)
 
 
 def _generic_handlers(model_server: ModelServer) -> List[grpc.GenericRpcHandler]:

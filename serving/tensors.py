@@ -1,5 +1,5 @@
 """Checking a request's TensorProtos against a signature before the model
-runs, and conforming Examples.
+runs, conforming Examples, and writing the outputs back as TensorProtos.
 
 Every way a client's tensors can be wrong (unknown or missing input, dtype,
 rank, a dimension the signature fixes, batch sizes that disagree, a shape
@@ -13,15 +13,14 @@ conform_examples, which converts their numbers or names the feature.
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
 
-from mtrank.base import serving_contract as contract
-from mtrank.serving import model_store
+from mtrank.serving import model_store, wire
 from mtrank.serving.errors import invalid
 
 _INTEGER_TYPES = {types_pb2.DT_INT64, types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8,
@@ -44,10 +43,10 @@ def _shape(name: str, proto: tensor_pb2.TensorProto, max_elements: int) -> Tuple
     if proto.tensor_shape.unknown_rank:
         raise invalid(f"input '{name}': the shape must have a known rank")
     dims = tuple(d.size for d in proto.tensor_shape.dim)
-    if any(d < 0 for d in dims):
-        raise invalid(f"input '{name}': negative dimension in shape {list(dims)}")
     elements = 1
     for d in dims:
+        if d < 0:
+            raise invalid(f"input '{name}': negative dimension in shape {list(dims)}")
         elements *= d
         if elements > max_elements:
             raise invalid(f"input '{name}': shape {list(dims)} is larger than the limit of "
@@ -75,9 +74,11 @@ def _string_array(proto: tensor_pb2.TensorProto, dims: Tuple[int, ...]) -> np.nd
     """tf.make_ndarray of a DT_STRING TensorProto, and the same padding (the
     last value repeated), without its dtype and shape machinery: in the
     server, decoding one request's Examples took 0.1 ms through
-    tf.make_ndarray."""
+    tf.make_ndarray. `dims` come from _shape, which bounds their product."""
     values = list(proto.string_val)
-    elements = int(np.prod(dims, dtype=np.int64))
+    elements = 1
+    for d in dims:
+        elements *= d
     if elements > len(values):
         values.extend([values[-1] if values else b""] * (elements - len(values)))
     array = np.empty(len(values), dtype=object)
@@ -85,31 +86,31 @@ def _string_array(proto: tensor_pb2.TensorProto, dims: Tuple[int, ...]) -> np.nd
     return array.reshape(dims)
 
 
-def decode_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef,
+def decode_inputs(signature_name: str, signature: model_store.SignatureInfo,
                   inputs: Mapping[str, tensor_pb2.TensorProto], spec: model_store.ServingSpec,
                   max_elements: int) -> Tuple[Dict[str, np.ndarray], int]:
     """The request's inputs as arrays of the signature's dtypes, and the batch size."""
-    unknown = sorted(set(inputs) - set(signature.inputs))
-    if unknown:
-        raise invalid(f"unknown input(s) {unknown} for signature '{signature_name}'; its inputs "
-                      f"are {sorted(signature.inputs)}")
-    missing = sorted(set(signature.inputs) - set(inputs))
-    if missing:
-        raise invalid(f"signature '{signature_name}' needs input(s) {missing}")
+    names = [info.name for info in signature.inputs]
+    if len(inputs) != len(names) or any(name not in inputs for name in names):
+        unknown = sorted(set(inputs) - set(names))
+        if unknown:
+            raise invalid(f"unknown input(s) {unknown} for signature '{signature_name}'; its "
+                          f"inputs are {names}")
+        raise invalid(f"signature '{signature_name}' needs input(s) "
+                      f"{sorted(set(names) - set(inputs))}")
     arrays: Dict[str, np.ndarray] = {}
     batch: Optional[int] = None
-    for name in sorted(signature.inputs):
-        proto, info = inputs[name], signature.inputs[name]
+    for info in signature.inputs:
+        name = info.name
+        proto = inputs[name]
         dims = _shape(name, proto, max_elements)
-        want_rank = len(info.tensor_shape.dim)
-        if not info.tensor_shape.unknown_rank:
-            if len(dims) != want_rank:
-                raise invalid(f"input '{name}' must have rank {want_rank} "
-                              f"({[d.size for d in info.tensor_shape.dim]}), got shape "
-                              f"{list(dims)}")
-            for axis, (got, want) in enumerate(zip(dims, info.tensor_shape.dim)):
-                if want.size >= 0 and got != want.size:
-                    raise invalid(f"input '{name}': dimension {axis} must be {want.size}, got "
+        if info.dims is not None:
+            if len(dims) != len(info.dims):
+                raise invalid(f"input '{name}' must have rank {len(info.dims)} "
+                              f"({list(info.dims)}), got shape {list(dims)}")
+            for axis, (got, want) in enumerate(zip(dims, info.dims)):
+                if want >= 0 and got != want:
+                    raise invalid(f"input '{name}': dimension {axis} must be {want}, got "
                                   f"{got}")
         if proto.dtype == types_pb2.DT_STRING and info.dtype != types_pb2.DT_STRING or (
                 info.dtype == types_pb2.DT_STRING and proto.dtype != types_pb2.DT_STRING):
@@ -133,7 +134,7 @@ def decode_inputs(signature_name: str, signature: meta_graph_pb2.SignatureDef,
         if batch is not None and array.shape[0] != batch:
             raise invalid(f"input '{name}' has batch size {array.shape[0]}, other inputs {batch}")
         batch = array.shape[0]
-        if name in contract.EXAMPLE_INPUTS and info.dtype == types_pb2.DT_STRING:
+        if info.holds_examples:
             check_examples_parse(name, array, spec)
         arrays[name] = array
     return arrays, batch or 0
@@ -143,19 +144,56 @@ _DTYPES_OF_NUMPY = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.float6
                     np.dtype(np.int64): types_pb2.DT_INT64, np.dtype(np.int32): types_pb2.DT_INT32}
 
 
-def to_tensor_proto(array: np.ndarray, target: tensor_pb2.TensorProto) -> None:
-    """Fills `target` with `array`: numbers as raw tensor_content (what
-    tf.make_tensor_proto writes too, several times faster), anything else
-    through tf.make_tensor_proto."""
+@functools.lru_cache(maxsize=1024)
+def _tensor_header(dtype: int, shape: Tuple[int, ...]) -> bytes:
+    """A serialized TensorProto of `dtype` and `shape` without content."""
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    return proto.SerializeToString()
+
+
+_TENSOR_CONTENT_TAG = b"\x22"  # TensorProto.tensor_content: field 4, length-delimited
+_STRING_VAL_TAG = b"\x42"  # TensorProto.string_val: field 8, each value length-delimited
+_OUTPUTS_TAG = b"\x0a"  # PredictResponse.outputs: field 1 (a map: entries of key 1, value 2)
+_MODEL_SPEC_TAG = b"\x12"  # PredictResponse.model_spec: field 2
+_MAP_KEY_TAG, _MAP_VALUE_TAG = b"\x0a", b"\x12"
+
+
+def tensor_proto_bytes(array: np.ndarray) -> bytes:
+    """`array` as a serialized TensorProto, as tf.make_tensor_proto makes it
+    but several times faster: a header serialized once per dtype and shape,
+    then numbers as raw tensor_content, bytes as string_val; anything else
+    (text, other dtypes) through tf.make_tensor_proto."""
     dtype = _DTYPES_OF_NUMPY.get(array.dtype)
     if dtype is None:
-        target.CopyFrom(tf.make_tensor_proto(array))
-        return
-    target.dtype = dtype
-    for size in array.shape:
-        target.tensor_shape.dim.add(size=size)
-    target.tensor_content = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"),
-                                                                copy=False).tobytes()
+        values = array.ravel().tolist() if array.dtype == object else None
+        if values is not None and all(type(value) is bytes for value in values):
+            return _tensor_header(types_pb2.DT_STRING, array.shape) + b"".join(
+                wire.length_delimited(_STRING_VAL_TAG, value) for value in values)
+        return tf.make_tensor_proto(array).SerializeToString()
+    content = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"),
+                                                 copy=False).tobytes()
+    return _tensor_header(dtype, array.shape) + wire.length_delimited(_TENSOR_CONTENT_TAG,
+                                                                      content)
+
+
+def to_tensor_proto(array: np.ndarray, target: tensor_pb2.TensorProto) -> None:
+    """Fills `target` with `array` (tensor_proto_bytes)."""
+    target.ParseFromString(tensor_proto_bytes(array))
+
+
+def predict_response_bytes(model_spec: bytes, outputs: Mapping[str, np.ndarray]) -> bytes:
+    """A serialized PredictResponse of a serialized ModelSpec and the
+    outputs, written field by field: through the protobuf messages, the
+    eight outputs of a one-Example answer took 80 us to fill and serialize,
+    a sixth of the server's own time on such a request; by hand 26 us."""
+    parts = [wire.length_delimited(_MODEL_SPEC_TAG, model_spec)]
+    for key, array in outputs.items():
+        entry = (wire.length_delimited(_MAP_KEY_TAG, key.encode())
+                 + wire.length_delimited(_MAP_VALUE_TAG, tensor_proto_bytes(array)))
+        parts.append(wire.length_delimited(_OUTPUTS_TAG, entry))
+    return b"".join(parts)
 
 
 def check_examples_parse(name: str, serialized: np.ndarray, spec: model_store.ServingSpec

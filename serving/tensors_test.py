@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
+from tensorflow_serving.apis import model_pb2, predict_pb2
 
 from mtrank.serving import model_store, tensors
 from mtrank_testing import serving_util as testing_util
@@ -112,3 +113,17 @@ def test_to_tensor_proto_matches_make_tensor_proto(array):
     proto = tensor_pb2.TensorProto()
     tensors.to_tensor_proto(array, proto)
     assert proto == tf.make_tensor_proto(array)
+
+
+def test_predict_response_bytes_is_the_message_the_protobuf_api_builds():
+    outputs = {"click": np.linspace(0, 1, 100, dtype=np.float32),  # a length over one varint byte
+               "classes": np.array([[b"click", b"like"]], dtype=object),
+               "rank": np.arange(3, dtype=np.int64), "none": np.zeros((0, 2), np.float32)}
+    spec = model_pb2.ModelSpec(name="mtrank", signature_name="serving_default")
+    spec.version.value = 300
+    got = predict_pb2.PredictResponse.FromString(
+        tensors.predict_response_bytes(spec.SerializeToString(), outputs))
+    want = predict_pb2.PredictResponse(model_spec=spec)
+    for key, array in outputs.items():
+        want.outputs[key].CopyFrom(tf.make_tensor_proto(array))
+    assert got == want
