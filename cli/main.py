@@ -203,6 +203,7 @@ def cmd_serve(args) -> int:
         batching = (server_config.read_batching_parameters(args.batching_parameters_file)
                     if args.batching_parameters_file else server_config.BatchingParameters())
     intra_op = args.tensorflow_intra_op_parallelism
+    inter_op = args.tensorflow_inter_op_parallelism
     workers = server.DEFAULT_WORKERS if args.workers is None else args.workers
     if workers < 1:
         raise ValueError("--workers must be at least 1")
@@ -212,7 +213,8 @@ def cmd_serve(args) -> int:
         tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
         grace_s=args.grace_seconds,
         intra_op_threads=server.DEFAULT_INTRA_OP_THREADS if intra_op is None else intra_op,
-        inter_op_threads=args.tensorflow_inter_op_parallelism), workers=workers)
+        inter_op_threads=server.DEFAULT_INTER_OP_THREADS if inter_op is None else inter_op),
+        workers=workers)
 
 
 def cmd_predict(args) -> int:
@@ -353,9 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorflow-intra-op-parallelism", type=int,
                    help="threads one op may use (0: TensorFlow picks; default 1, measured "
                         "fastest for ranking models, see docs/serving.md)")
-    p.add_argument("--tensorflow-inter-op-parallelism", type=int, default=0,
+    p.add_argument("--tensorflow-inter-op-parallelism", type=int,
                    help="ops of one model call run at once (0: TensorFlow picks; "
-                        "negative: all in the thread of the call)")
+                        "negative: all in the thread of the call; default -1, measured "
+                        "fastest, see docs/serving.md)")
     p.add_argument("--grace-seconds", type=float, default=10.0,
                    help="on SIGTERM, how long requests in flight may take to finish")
     p.set_defaults(func=cmd_serve)

@@ -69,6 +69,15 @@ DEFAULT_POLL_S = 1.0
 # thread (1 or 2 inter-op), 1.24-1.42 ms and 3.0-3.3 ms with TensorFlow's
 # default (all cores for both).
 DEFAULT_INTRA_OP_THREADS = 1
+# Each model call's ops run in the thread that calls it: handing them to an
+# inter-op pool and waiting cost more than running two small ops at once
+# saved. `benchmarks/serving.py --clients 1,32 --candidates 1,64 --rounds 3`,
+# runs alternating -1 and 0, two each: 1 client p50 2.24-2.31x the echo's
+# against 2.57-2.60x; 32 clients with batching 0.79-0.80x the echo's
+# requests/s against 0.72-0.74x (1 candidate), 0.29-0.30x its candidates/s
+# against 0.27-0.28x (64); only 1 client with 64 candidates was slower,
+# p50 3.01-3.41 against 2.81-3.29 ms (docs/serving.md).
+DEFAULT_INTER_OP_THREADS = -1
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 _UNKNOWN_LABEL = "<unknown>"
@@ -119,7 +128,7 @@ class ServerOptions:
     rest_port: Optional[int] = None
     grace_s: float = 10.0
     intra_op_threads: Optional[int] = None
-    inter_op_threads: int = 0
+    inter_op_threads: int = DEFAULT_INTER_OP_THREADS
     reuse_port: bool = False
     metrics_dir: Optional[str] = None
 

@@ -160,6 +160,11 @@ _MODEL_SPEC_TAG = b"\x12"  # PredictResponse.model_spec: field 2
 _MAP_KEY_TAG, _MAP_VALUE_TAG = b"\x0a", b"\x12"
 
 
+def _numbers_le(array: np.ndarray) -> np.ndarray:
+    """A numeric array as little-endian contiguous data, tensor_content's layout."""
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+
+
 def tensor_proto_bytes(array: np.ndarray) -> bytes:
     """`array` as a serialized TensorProto, as tf.make_tensor_proto makes it
     but several times faster: a header serialized once per dtype and shape,
@@ -172,10 +177,8 @@ def tensor_proto_bytes(array: np.ndarray) -> bytes:
             return _tensor_header(types_pb2.DT_STRING, array.shape) + b"".join(
                 wire.length_delimited(_STRING_VAL_TAG, value) for value in values)
         return tf.make_tensor_proto(array).SerializeToString()
-    content = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"),
-                                                 copy=False).tobytes()
-    return _tensor_header(dtype, array.shape) + wire.length_delimited(_TENSOR_CONTENT_TAG,
-                                                                      content)
+    return _tensor_header(dtype, array.shape) + wire.length_delimited(
+        _TENSOR_CONTENT_TAG, _numbers_le(array).tobytes())
 
 
 def to_tensor_proto(array: np.ndarray, target: tensor_pb2.TensorProto) -> None:
@@ -183,16 +186,35 @@ def to_tensor_proto(array: np.ndarray, target: tensor_pb2.TensorProto) -> None:
     target.ParseFromString(tensor_proto_bytes(array))
 
 
+@functools.lru_cache(maxsize=4096)
+def _output_prefix(key: str, dtype: int, shape: Tuple[int, ...], nbytes: int) -> bytes:
+    """A PredictResponse.outputs entry up to its numbers: everything before
+    them depends only on the output's name, dtype and shape."""
+    tensor_length = len(_tensor_header(dtype, shape)) + len(_TENSOR_CONTENT_TAG) + len(
+        wire.varint(nbytes)) + nbytes
+    key_field = wire.length_delimited(_MAP_KEY_TAG, key.encode())
+    value_start = _MAP_VALUE_TAG + wire.varint(tensor_length)
+    entry_length = len(key_field) + len(value_start) + tensor_length
+    return (_OUTPUTS_TAG + wire.varint(entry_length) + key_field + value_start
+            + _tensor_header(dtype, shape) + _TENSOR_CONTENT_TAG + wire.varint(nbytes))
+
+
 def predict_response_bytes(model_spec: bytes, outputs: Mapping[str, np.ndarray]) -> bytes:
     """A serialized PredictResponse of a serialized ModelSpec and the
-    outputs, written field by field: through the protobuf messages, the
-    eight outputs of a one-Example answer took 80 us to fill and serialize,
-    a sixth of the server's own time on such a request; by hand 26 us."""
+    outputs, written by hand: through the protobuf messages, the eight
+    outputs of a one-Example answer took 80 us to fill and serialize, a
+    sixth of the server's own time on such a request. Numeric outputs are
+    a prefix cached per name, dtype and shape, then their bytes."""
     parts = [wire.length_delimited(_MODEL_SPEC_TAG, model_spec)]
     for key, array in outputs.items():
-        entry = (wire.length_delimited(_MAP_KEY_TAG, key.encode())
-                 + wire.length_delimited(_MAP_VALUE_TAG, tensor_proto_bytes(array)))
-        parts.append(wire.length_delimited(_OUTPUTS_TAG, entry))
+        dtype = _DTYPES_OF_NUMPY.get(array.dtype)
+        if dtype is None:
+            entry = (wire.length_delimited(_MAP_KEY_TAG, key.encode())
+                     + wire.length_delimited(_MAP_VALUE_TAG, tensor_proto_bytes(array)))
+            parts.append(wire.length_delimited(_OUTPUTS_TAG, entry))
+        else:
+            parts.append(_output_prefix(key, dtype, array.shape, array.nbytes))
+            parts.append(_numbers_le(array).tobytes())
     return b"".join(parts)
 
 
