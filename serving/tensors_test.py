@@ -9,7 +9,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2
 
-from mtrank.serving import model_store, tensors
+from mtrank.serving import model_store, tensors, wire
 from mtrank_testing import serving_util as testing_util
 from mtrank.serving.errors import RequestError
 
@@ -127,3 +127,10 @@ def test_predict_response_bytes_is_the_message_the_protobuf_api_builds():
     for key, array in outputs.items():
         want.outputs[key].CopyFrom(tf.make_tensor_proto(array))
     assert got == want
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**35 + 7])
+def test_varint_is_protobufs(value):
+    # An int64_list holding only `value`: field tag, packed length, then the varint.
+    serialized = tf.train.Int64List(value=[value]).SerializeToString()
+    assert serialized[2:] == wire.varint(value)

@@ -11,6 +11,8 @@ def varint(value: int) -> bytes:
     """A non-negative integer as a base-128 varint."""
     if value < 0x80:  # most tags and lengths here
         return _ONE_BYTE[value]
+    if value < 0x4000:  # a serialized Example's length, most often
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7
