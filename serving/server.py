@@ -469,10 +469,7 @@ class ModelServer:
 
     @staticmethod
     def _echo(target, loaded: model_store.LoadedModel, signature: str) -> None:
-        target.name = loaded.name
-        target.version.value = loaded.version
-        if signature:
-            target.signature_name = signature
+        target.ParseFromString(_model_spec_bytes(loaded.name, loaded.version, signature))
 
     def warm_up(self, loaded: model_store.LoadedModel) -> None:
         """Replays the version's warmup requests on it (not batched), as TF
@@ -533,7 +530,8 @@ def _labels(model_server: ModelServer, method_name: str, request) -> Tuple[str, 
 
 @functools.lru_cache(maxsize=256)
 def _model_spec_bytes(name: str, version: int, signature: str) -> bytes:
-    """The serialized ModelSpec a response names its version and signature with."""
+    """The serialized ModelSpec a response names its version and signature
+    (none when "") with."""
     spec = model_pb2.ModelSpec(name=name, signature_name=signature)
     spec.version.value = version
     return spec.SerializeToString()
