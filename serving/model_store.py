@@ -137,7 +137,9 @@ def parse_strictly(serialized: Sequence[bytes]) -> bool:
     """Whether every element is one whole serialized Example, by the C++
     protobuf parser in one call (as one ExampleList message). TensorFlow's
     own Example parser is laxer: it read 2% of a sample of corrupted Examples
-    that this refuses."""
+    that this refuses, and 8% of 6,000 Examples of the demo's model with one
+    or two bytes changed, inserted or cut (docs/serving.md).
+    """
     joined = b"".join([part for x in serialized
                        for part in (_EXAMPLE_LIST_TAG, wire.varint(len(x)), x)])
     try:
