@@ -325,7 +325,7 @@ def summarize(latencies: Sequence[float], wall: float) -> Dict[str, float]:
 
 def in_process_caller(loaded: model_store.LoadedModel, batches: Sequence[np.ndarray]
                       ) -> Callable[[int, int], None]:
-    outputs = sorted(loaded.signature_defs[serving_contract.SERVING_DEFAULT].outputs)
+    outputs = loaded.signature_infos[serving_contract.SERVING_DEFAULT].outputs
 
     def call(client, i):
         loaded.run(serving_contract.SERVING_DEFAULT,

@@ -263,11 +263,9 @@ class SessionSignatures:
             meta_graph = tf.compat.v1.saved_model.load(
                 self._session, [tf.saved_model.SERVING], path)
         # Keys with two underscores are the loader's own (the init op).
-        self.signature_defs: Dict[str, meta_graph_pb2.SignatureDef] = {
-            key: value for key, value in meta_graph.signature_def.items()
-            if not key.startswith("__")}
         self.infos: Dict[str, SignatureInfo] = {
-            key: SignatureInfo.of(value) for key, value in self.signature_defs.items()}
+            key: SignatureInfo.of(value) for key, value in meta_graph.signature_def.items()
+            if not key.startswith("__")}
         # Built now, before any request, so that the graph never changes while
         # it runs. Signature -> the name of its examples_fit tensor.
         self._checks: Dict[str, str] = {}
@@ -299,7 +297,7 @@ class SessionSignatures:
 
     def _make_callable(self, key: tuple) -> Callable[..., list]:
         signature, input_keys, output_keys, check = key
-        signature_def = self.signature_defs[signature]
+        signature_def = self.infos[signature].definition
         with self._lock:
             if key not in self._callables:
                 fetch = [signature_def.outputs[name].name for name in output_keys]
@@ -332,10 +330,6 @@ class LoadedModel:
     signatures: SessionSignatures
 
     @property
-    def signature_defs(self) -> Mapping[str, meta_graph_pb2.SignatureDef]:
-        return self.signatures.signature_defs
-
-    @property
     def signature_infos(self) -> Mapping[str, SignatureInfo]:
         return self.signatures.infos
 
@@ -358,8 +352,8 @@ def load_version(name: str, model_base: str, version: int,
     path = os.path.join(model_base, str(version))
     spec = read_serving_spec(path)
     session_signatures = SessionSignatures(path, config or session_config(), spec)
-    serving = session_signatures.signature_defs.get(contract.SERVING_DEFAULT)
-    if serving is None or contract.EXAMPLES_INPUT not in serving.inputs:
+    serving = session_signatures.infos.get(contract.SERVING_DEFAULT)
+    if serving is None or contract.EXAMPLES_INPUT not in serving.definition.inputs:
         session_signatures.close()
         raise ValueError(f"{path}: signature '{contract.SERVING_DEFAULT}' with input "
                          f"'{contract.EXAMPLES_INPUT}' is required")

@@ -440,8 +440,8 @@ class ModelServer:
             raise invalid(f"metadata_field must be ['{contract.SIGNATURE_DEF_FIELD}'], "
                           f"got {sorted(fields)}")
         signature_def_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature_def in loaded.signature_defs.items():
-            signature_def_map.signature_def[key].CopyFrom(signature_def)
+        for key, info in loaded.signature_infos.items():
+            signature_def_map.signature_def[key].CopyFrom(info.definition)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         self._echo(response.model_spec, loaded, "")
         response.metadata[contract.SIGNATURE_DEF_FIELD].Pack(signature_def_map)

@@ -262,7 +262,7 @@ def test_regress_and_classify_carry_tf_serving_method_names(config, instances, e
     from mtrank.serving import model_store
     session_signatures = model_store.SessionSignatures(
         export_dir, model_store.session_config(), model_store.read_serving_spec(export_dir))
-    defs = session_signatures.signature_defs
+    defs = {key: info.definition for key, info in session_signatures.infos.items()}
     assert defs["regress"].method_name == "tensorflow/serving/regress"
     assert defs["classify"].method_name == "tensorflow/serving/classify"
     assert defs["serving_default"].method_name == "tensorflow/serving/predict"
