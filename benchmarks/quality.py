@@ -30,7 +30,8 @@ TRANSFORM_MARKER = "transform_outputs.json"
 class TransformOutputs:
     """URIs of one pipeline run up to Transform."""
 
-    examples: str               # ExampleGen's tf.Examples, Split-<name>/
+    examples: str               # ExampleGen's raw tf.Examples, Split-<name>/
+    transformed_examples: str   # Transform's output examples, Split-<name>/
     transform_graph: str
     splits: List[str]
     transform_s: float          # wall time of the pipeline run (0 when reused)
@@ -86,11 +87,8 @@ def transform_once(input_glob: str, work_dir: str, config: config_lib.Config
         with open(marker) as f:
             saved = json.load(f)
         if saved["fingerprint"] == fingerprint and os.path.isdir(saved["transform_graph"]):
-            # Markers from before 2026-12-08 also name the transformed
-            # examples Transform wrote then; the rest still applies.
-            return TransformOutputs(examples=saved["examples"],
-                                    transform_graph=saved["transform_graph"],
-                                    splits=saved["splits"], transform_s=0.0)
+            saved.pop("fingerprint")
+            return TransformOutputs(**{**saved, "transform_s": 0.0})
     started = time.time()
     summary = local_runner.run(input_glob, work_dir, config, to_component="Transform")
     if summary.get("error"):
@@ -99,13 +97,14 @@ def transform_once(input_glob: str, work_dir: str, config: config_lib.Config
     example_gen_id = ("LogExampleGen" if config.input.format == "logs" else
                       tabular_example_gen.COMPONENT_IDS[config.input.format])
     examples = _latest_outputs(work_dir, example_gen_id)["Examples"][0]
+    transformed = transform["Examples"][0]
     from tfx.types import artifact_utils
 
     outputs = TransformOutputs(
-        examples=examples.uri,
+        examples=examples.uri, transformed_examples=transformed.uri,
         transform_graph=transform["TransformGraph"][0].uri,
         splits=artifact_utils.decode_split_names(
-            examples.properties["split_names"].string_value),
+            transformed.properties["split_names"].string_value),
         transform_s=round(time.time() - started, 1))
     with open(marker, "w") as f:
         json.dump({**dataclasses.asdict(outputs), "fingerprint": fingerprint}, f, indent=2)
@@ -116,7 +115,7 @@ def _examples_artifact(outputs: TransformOutputs):
     from tfx.types import artifact_utils, standard_artifacts
 
     artifact = standard_artifacts.Examples()
-    artifact.uri = outputs.examples
+    artifact.uri = outputs.transformed_examples
     artifact.split_names = artifact_utils.encode_split_names(outputs.splits)
     return artifact
 
@@ -131,7 +130,7 @@ def fn_args(outputs: TransformOutputs, config: config_lib.Config, run_dir: str):
 
 def split_dataset(outputs: TransformOutputs, config: config_lib.Config, split: str,
                   batch_size: int = 4096):
-    """One pass over a split of the examples, transformed as the trainer reads them."""
+    """One pass over a split of the Transform output, as the trainer reads it."""
     import tensorflow_transform as tft
     from tfx.components.trainer import fn_args_utils
     from tfx.types import artifact_utils

@@ -1,6 +1,5 @@
 """Training throughput: the model fed by the trainer's input_fn (reading
-ExampleGen's examples through the Transform graph) against the same model
-fed from in-memory tensors.
+the Transform output) against the same model fed from in-memory tensors.
 
     .venv/bin/python benchmarks/train_throughput.py [--model shared_bottom]
         [--data ../shared/data/census-income.test.gz] [--config pipeline/configs/census.yaml]
@@ -11,9 +10,8 @@ same work directory as benchmarks/census.py by default, so either reuses the
 other's run). Then, in one process, one model trains one epoch at a time on
 the train split, alternating between
 
-  input_fn   trainer.task.input_fn over the examples' TFRecords (what the
-             Trainer does: read, parse, batch, transform, split labels,
-             prefetch)
+  input_fn   trainer.task.input_fn over the transformed TFRecords (what the
+             Trainer does: read, parse, batch, split labels, prefetch)
   in_memory  the same examples, read once into tensors beforehand, batched
              from memory (Dataset.from_tensor_slices)
 

@@ -61,10 +61,10 @@ NOISY_LOG_MESSAGES = {
         # initializes those tables once, when it is loaded, so the cost per
         # call it warns of does not occur in training or serving.
         r"Tables initialized inside a tf\.function  will be re-initialized on every invocation",
-        # TFX's Transform, which writes no examples here (the Trainer
-        # transforms as it reads): a notice, at WARNING, that the graph needs
-        # its analysis pass (vocabularies, means), which is the pass it runs.
-        r"Not using the in-place Transform because the following features require analyzing: ",
+        # Transform's transformed_examples carry no payload_format property;
+        # the Trainer falls back to tf.Example, which is what Transform wrote.
+        r"Examples artifact does not have payload_format custom property\. "
+        r"Falling back to FORMAT_TF_EXAMPLE\Z",
     ),
     "tensorflow": (
         # tf_keras, while saving the trained model: the model is a subclassed
@@ -101,19 +101,6 @@ NOISY_STDERR_LINES = (
     rb"I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ chttp2_transport\.cc:\d+\] \S+: Got goaway \[\d+\] "
     rb"err=UNAVAILABLE:GOAWAY received; Error code: \d+; Debug Text: Cancelling all calls"
     rb"( \{[^}]*\})?\Z",
-    # At the end of each validation pass: Keras reads the eval split to its
-    # end, and the input pipeline's function (it holds the Transform graph's
-    # tables) stops with OUT_OF_RANGE, which TensorFlow 2.16 logs as a
-    # warning as it aborts the function's rendezvous. Keras takes it as the
-    # end of the pass, as it is.
-    _CPP_LOG_PREFIX + rb"W tensorflow/core/framework/local_rendezvous\.cc:\d+\] "
-    rb"Local rendezvous is aborting with status: OUT_OF_RANGE: End of sequence\Z",
-)
-
-# Second lines of a C++ log message (the op it was about), dropped only
-# right after a dropped line: after any other they are part of a real error.
-NOISY_STDERR_CONTINUATIONS = (
-    rb"\t \[\[\{\{node IteratorGetNext\}\}\]\]\Z",
 )
 
 # TensorFlow's C++ INFO lines at import (cpu_feature_guard's "This TensorFlow
@@ -147,11 +134,9 @@ class KnownNoiseLogFilter(logging.Filter):
         return not any(p.match(message) for p in self._patterns)
 
 
-def is_noisy_stderr_line(line: bytes, after_noise: bool = False) -> bool:
-    """Whether a line of stderr (without its newline) is listed noise;
-    `after_noise`: the line before it was."""
-    return any(re.match(pattern, line) for pattern in NOISY_STDERR_LINES) or (
-        after_noise and any(re.match(pattern, line) for pattern in NOISY_STDERR_CONTINUATIONS))
+def is_noisy_stderr_line(line: bytes) -> bool:
+    """Whether a line of stderr (without its newline) is listed noise."""
+    return any(re.match(pattern, line) for pattern in NOISY_STDERR_LINES)
 
 
 def pass_stderr_through(source_fd: int, sink_fd: int) -> None:
@@ -161,20 +146,15 @@ def pass_stderr_through(source_fd: int, sink_fd: int) -> None:
     complete (the last line also without a newline).
     """
     pending = b""
-    after_noise = False
     while True:
         chunk = os.read(source_fd, 1 << 16)
         if not chunk:
             break
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
-        kept = []
-        for line in lines:
-            after_noise = is_noisy_stderr_line(line, after_noise)
-            if not after_noise:
-                kept.append(line + b"\n")
-        _write_all(sink_fd, b"".join(kept))
-    if pending and not is_noisy_stderr_line(pending, after_noise):
+        _write_all(sink_fd, b"".join(line + b"\n" for line in lines
+                                     if not is_noisy_stderr_line(line)))
+    if pending and not is_noisy_stderr_line(pending):
         _write_all(sink_fd, pending)
 
 

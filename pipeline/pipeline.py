@@ -137,15 +137,13 @@ def create_pipeline(
     # Builds the feature transform graph, the same at training and serving time.
     # Without its own statistics: they repeat StatisticsGen's passes (before
     # and after the transform) and nothing reads them; the data checks and the
-    # report use StatisticsGen's. Without writing transformed examples: the
-    # Trainer transforms the raw ones as it reads them (trainer/task.input_fn).
+    # report use StatisticsGen's.
     transform = tfx.components.Transform(
         examples=training_examples,
         schema=schema_gen.outputs["schema"],
         analyzer_cache=span_nodes.transform_cache.outputs["cache"] if span_nodes else None,
         preprocessing_fn=preprocessing_fn,
         custom_config=custom_config,
-        materialize=False,
         disable_statistics=True).with_id(TRANSFORM_ID)
     transform.add_upstream_node(data_gate)
 
@@ -153,7 +151,7 @@ def create_pipeline(
     # exports it with its signatures.
     trainer = tfx.components.Trainer(
         run_fn=run_fn,
-        examples=training_examples,
+        examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(

@@ -48,36 +48,27 @@ MEAN_TASK_LOSS = "mean_task_loss"
 def input_fn(file_pattern, data_accessor, tf_transform_output, config: config_lib.Config,
              batch_size: int, repeat: bool) -> tf.data.Dataset:
     """Batches of (transformed features, labels): one pass over the files, or
-    repeated indefinitely when training runs for a fixed number of steps.
-
-    The files are ExampleGen's raw Examples, transformed batch by batch by
-    the Transform graph, the layer the exported model serves with, rather
-    than examples Transform wrote out: at 2M simulated impressions writing
-    them took Transform 123 s of its 230 (analysis alone 107 s), and
-    transforming here cost training 5.5 s more on the mean of two seeds,
-    with the same AUCs within one seed's spread (docs/benchmarks.md)."""
+    repeated indefinitely when training runs for a fixed number of steps."""
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
         tfxio.TensorFlowDatasetOptions(
             batch_size=batch_size, shuffle_seed=config.training.seed,
             num_epochs=None if repeat else 1),
-        tf_transform_output.raw_metadata.schema)
-    transform = tf_transform_output.transform_features_layer()
+        tf_transform_output.transformed_metadata.schema)
     label_keys = set(config.label_keys)
 
-    def transform_and_split_labels(raw: Dict[str, tf.Tensor]) -> Tuple[dict, dict]:
-        batch = transform(raw)
+    def split_labels(batch: Dict[str, tf.Tensor]) -> Tuple[dict, dict]:
         features = {k: v for k, v in batch.items() if k not in label_keys}
         labels = {k: batch[k] for k in label_keys}
         return features, labels
 
     options = tf.data.Options()
     # Multi-worker: each worker keeps its share of the batches. Sharding by
-    # file (the default) fails when a split has fewer files than there are
-    # workers.
+    # file (the default) fails when Transform wrote fewer files than there
+    # are workers.
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
-    return dataset.map(transform_and_split_labels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+    return dataset.map(split_labels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE).with_options(options)
 
 
@@ -205,7 +196,7 @@ def checkpoint_dir(fn_args: tfx.components.FnArgs, config: config_lib.Config) ->
 def count_records(file_patterns: Sequence[str]) -> int:
     """Serialized records in the TFRecord files of `file_patterns`, counted
     without parsing them: a tenth of a parsed pass's time or less (0.3 s for
-    185,000 examples)."""
+    185,000 transformed examples)."""
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     total = 0
     for compression in ("GZIP", ""):
@@ -374,14 +365,13 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
 
 
-def fn_args_from_artifacts(examples: tfx.types.Artifact, transform_graph_uri: str,
+def fn_args_from_artifacts(transformed_examples: tfx.types.Artifact, transform_graph_uri: str,
                            config: config_lib.Config, model_run_dir: str,
                            serving_model_dir: str, train_steps: int = 0,
                            eval_steps: int = 0) -> tfx.components.FnArgs:
     """The FnArgs the TFX Trainer would pass `run_fn` for these artifacts
-    (built by TFX's own code): for benchmarks and tests that train on
-    ExampleGen's examples and a Transform graph without running the Trainer
-    component."""
+    (built by TFX's own code): for benchmarks and tests that train on a
+    Transform output without running the Trainer component."""
     from tfx.components.trainer import fn_args_utils
     from tfx.proto import trainer_pb2
     from tfx.types import standard_artifacts, standard_component_specs
@@ -390,7 +380,7 @@ def fn_args_from_artifacts(examples: tfx.types.Artifact, transform_graph_uri: st
     transform_graph = standard_artifacts.TransformGraph()
     transform_graph.uri = transform_graph_uri
     fn_args = fn_args_utils.get_common_fn_args(
-        {standard_component_specs.EXAMPLES_KEY: [examples],
+        {standard_component_specs.EXAMPLES_KEY: [transformed_examples],
          standard_component_specs.TRANSFORM_GRAPH_KEY: [transform_graph]},
         {standard_component_specs.TRAIN_ARGS_KEY: proto_utils.proto_to_json(
             trainer_pb2.TrainArgs(splits=["train"], num_steps=train_steps)),

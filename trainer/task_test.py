@@ -46,22 +46,32 @@ def _instances(config):
     return rows
 
 
+def _to_example(transformed: dict) -> bytes:
+    feature = {}
+    for name, value in transformed.items():
+        value = np.atleast_1d(np.asarray(value)).ravel()
+        if np.issubdtype(value.dtype, np.integer):
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=value))
+        else:
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """The Transform output and raw train (4/5) / eval (1/5) splits, as
-    ExampleGen writes them."""
+    """The Transform output and transformed train (4/5) / eval (1/5) splits,
+    as the Transform component writes them."""
     work = tmp_path_factory.mktemp("task")
     config = _config()
-    instances = _instances(config)
-    _, transform_dir = tu.run_transform(config, instances, str(work))
-    examples_dir = work / "examples"
-    splits = {"train": instances[: ROWS * 4 // 5], "eval": instances[ROWS * 4 // 5:]}
+    transformed, transform_dir = tu.run_transform(config, _instances(config), str(work))
+    examples_dir = work / "transformed_examples"
+    splits = {"train": transformed[: ROWS * 4 // 5], "eval": transformed[ROWS * 4 // 5:]}
     for split, rows in splits.items():
         os.makedirs(examples_dir / f"Split-{split}")
         with tf.io.TFRecordWriter(str(examples_dir / f"Split-{split}" / "data.gz"),
                                   options="GZIP") as writer:
             for row in rows:
-                writer.write(tu.to_example(row, config).SerializeToString())
+                writer.write(_to_example(row))
     return {"examples": str(examples_dir), "transform": transform_dir}
 
 

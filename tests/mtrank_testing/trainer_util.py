@@ -117,13 +117,10 @@ def run_transform(config: config_lib.Config, instances: List[Dict[str, list]],
     """Runs the real preprocessing_fn with tf.Transform on Beam.
 
     Returns (transformed instances, transform output dir). The transform
-    output dir can be read by tft.TFTransformOutput, and holds the raw
-    metadata too, as the Transform component writes it (the trainer reads
-    raw examples with its schema).
+    output dir can be read by tft.TFTransformOutput.
     """
-    import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
     from mtrank.trainer import preprocessing
 
@@ -139,8 +136,6 @@ def run_transform(config: config_lib.Config, instances: List[Dict[str, list]],
         (transformed, _), transform_fn = (
             (instances, metadata) | tft_beam.AnalyzeAndTransformDataset(preprocessing_fn))
         _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
-    metadata_io.write_metadata(
-        metadata, os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
     return transformed, output_dir
 
 
