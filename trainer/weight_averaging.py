@@ -16,7 +16,9 @@ hundreds of steps). Every 50 steps, on the 2M run's examples (training seeds
 0 / 1): the same AUCs as every 10 to 0.0002, training 126 s against 160 s
 (98 s without averaging); at 200k (two logs x two training seeds) click
 +0.0005 to +0.0013 on all four runs, purchase -0.0007 to +0.0016
-(docs/benchmarks.md).
+(docs/benchmarks.md). In runs of a few hundred steps a pass the momentum's
+ramp keeps the window under 50 steps, and the average is then close to the
+last weights.
 """
 from __future__ import annotations
 
